@@ -1,0 +1,1 @@
+"""The decision engine: pipeline stages, DNS and cache, configuration, policy, CLI."""

@@ -1,0 +1,78 @@
+"""Values that cross the engine's boundary: the envelope in, the decision out."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Action(str, enum.Enum):
+    """What the MTA is told to do with the transaction."""
+
+    #: take the mail; it authenticated and its reputation is good
+    ACCEPT = "ACCEPT"
+    #: refuse with a 5xx reply
+    REJECT = "REJECT"
+    #: take the mail but hand it to the spam filter; delivery is uncertain
+    FILTER = "FILTER"
+    #: no verdict yet; ask again at a later stage (e.g. when the body is known)
+    CONTINUE = "CONTINUE"
+    #: refuse with a 4xx reply; the sender retries
+    TEMPFAIL = "TEMPFAIL"
+    #: take the mail and drop it
+    DISCARD = "DISCARD"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A header to prepend: ``label`` includes the colon (``Authent:``)."""
+
+    label: str
+    text: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"label": self.label, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the MTA knows of one SMTP transaction when it asks."""
+
+    #: connecting address, IPv4 or IPv6 text
+    ip: str | None = None
+    #: identity declared with the SMTP ``ID`` command, None when none was declared
+    id: str | None = None
+    #: HELO/EHLO name
+    helo: str | None = None
+    #: MAIL FROM address ('' for the null sender)
+    sender: str | None = None
+    #: RCPT TO addresses
+    rcpts: tuple[str, ...] = ()
+    #: message headers as (name, value) pairs, known at end of data
+    headers: tuple[tuple[str, str], ...] = ()
+    #: message body, known at end of data
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer: an action, the SMTP reply, and headers to prepend."""
+
+    action: Action
+    code: int
+    xcode: str
+    text: str
+    headers: tuple[Header, ...] = ()
+    #: the pipeline stage that decided (``prescreen``, ``registry``, ``methods`` ...)
+    stage: str = ""
+    #: short machine-readable reason, for logs and metrics
+    reason: str = ""
+    #: per-method results, e.g. (("SPF1", "PASS"),)
+    results: tuple[tuple[str, str], ...] = field(default=())
+
+    def as_tuple(self) -> tuple[str, tuple[int, str, str], list[dict[str, str]]]:
+        """The ``checkID`` contract: ``(action, (code, xcode, text), headers)``."""
+        return (
+            self.action.value,
+            (self.code, self.xcode, self.text),
+            [h.as_dict() for h in self.headers],
+        )

@@ -1,0 +1,185 @@
+"""A narrow wrapper over dnspython's async resolver, with the answer cache in front.
+
+Lookups return a :class:`DnsAnswer` whose :class:`Outcome` keeps "empty" (NXDOMAIN, NODATA)
+apart from "error" (TIMEOUT, SERVFAIL): SPF and the registry must tell them apart. Positive
+and negative answers are cached (negative TTL from the SOA, RFC 2308 §5); errors never are.
+Concurrent identical lookups share one query.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from checkid.engine.cache import Cache
+from checkid.engine.config import DnsConfig, parse_hostport
+from checkid.engine.trace import Trace
+
+
+class Outcome(enum.Enum):
+    """How a lookup ended."""
+
+    #: records of the asked type (after following CNAMEs)
+    ANSWER = "answer"
+    #: the name does not exist
+    NXDOMAIN = "nxdomain"
+    #: the name exists but has no records of the asked type
+    NODATA = "nodata"
+    #: no server answered in time
+    TIMEOUT = "timeout"
+    #: the servers answered with an error (SERVFAIL, REFUSED, malformed)
+    SERVFAIL = "servfail"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    outcome: Outcome
+    #: A/AAAA: address text; TXT: tuple of bytes chunks; MX: (preference, exchange); PTR: name
+    records: tuple[Any, ...] = ()
+    #: seconds the answer may be cached (0 for errors)
+    ttl: int = 0
+
+    @property
+    def is_error(self) -> bool:
+        return self.outcome is Outcome.TIMEOUT or self.outcome is Outcome.SERVFAIL
+
+    def describe(self) -> str:
+        if self.outcome is Outcome.ANSWER:
+            return f"{', '.join(_show(r) for r in self.records)} (ttl {self.ttl})"
+        return f"{self.outcome.name} (ttl {self.ttl})" if not self.is_error else self.outcome.name
+
+
+def _show(record: Any) -> str:
+    if isinstance(record, tuple) and record and isinstance(record[0], bytes):
+        return '"' + "".join(c.decode("ascii", "replace") for c in record) + '"'
+    if isinstance(record, tuple):
+        return " ".join(map(str, record))
+    return str(record)
+
+
+CacheKey = tuple[str, str]
+
+
+class DnsClient:
+    """One per process (created after a fork): resolve with cache and query sharing."""
+
+    def __init__(self, config: DnsConfig, cache: Cache, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.cache = cache
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
+
+    def cached(self, name: str, rdtype: str, now: float) -> DnsAnswer | None:
+        """The cached answer for ``name``/``rdtype``, or None. Never does I/O."""
+        answer: DnsAnswer | None = self.cache.get((name.lower().rstrip("."), rdtype), now)
+        return answer
+
+    async def resolve(self, name: str, rdtype: str, trace: Trace | None = None) -> DnsAnswer:
+        """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``)."""
+        key = (name.lower().rstrip("."), rdtype)
+        answer: DnsAnswer | None = self.cache.get(key, self.clock())
+        if answer is not None:
+            if trace is not None:
+                trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [cache]")
+            return answer
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._lookup(key))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+        elif trace is not None:
+            trace.add("dns", f"{key[0]} {rdtype}: joining a query in flight")
+        answer = await asyncio.shield(future)
+        if trace is not None:
+            trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
+        return answer
+
+    async def _lookup(self, key: CacheKey) -> DnsAnswer:
+        name, rdtype = key
+        self.counts[f"query_{rdtype}"] += 1
+        answer = await self._query(name, rdtype)
+        self.counts[answer.outcome.value] += 1
+        if answer.ttl > 0:
+            self.cache.put(key, answer, self.clock() + answer.ttl)
+        return answer
+
+    async def _query(self, name: str, rdtype: str) -> DnsAnswer:
+        cfg = self.config
+        qname = dns.name.from_text(name)
+        try:
+            result = await self.resolver.resolve(
+                qname, rdtype, raise_on_no_answer=False, lifetime=cfg.timeout, search=False
+            )
+        except dns.resolver.NXDOMAIN as e:
+            return DnsAnswer(Outcome.NXDOMAIN, (), self._negative_ttl(e.response(qname)))
+        except dns.resolver.LifetimeTimeout:
+            return DnsAnswer(Outcome.TIMEOUT)
+        except dns.exception.DNSException:
+            # NoNameservers (SERVFAIL/REFUSED everywhere), YXDOMAIN, malformed answers
+            return DnsAnswer(Outcome.SERVFAIL)
+        if result.rrset is None:
+            return DnsAnswer(Outcome.NODATA, (), self._negative_ttl(result.response))
+        ttl = result.response.resolve_chaining().minimum_ttl
+        records = tuple(_value(rdtype, rd) for rd in result.rrset)
+        return DnsAnswer(Outcome.ANSWER, records, max(cfg.min_ttl, min(ttl, cfg.max_ttl)))
+
+    def _negative_ttl(self, response: dns.message.Message | None) -> int:
+        """RFC 2308 §5: the lesser of the SOA's TTL and its MINIMUM field; 0 without a SOA."""
+        if response is not None:
+            for rrset in response.authority:
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    return min(rrset.ttl, rrset[0].minimum, self.config.max_negative_ttl)
+        return 0
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            self._resolver = make_resolver(self.config)
+        return self._resolver
+
+
+def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
+    """A resolver on the configured nameservers, or the system's when none are set."""
+    if config.nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        servers: list[dns.nameserver.Nameserver | str] = []
+        for entry in config.nameservers:
+            host, port = parse_hostport(entry, 53)
+            servers.append(dns.nameserver.Do53Nameserver(host, port))
+        resolver.nameservers = servers
+    else:
+        try:
+            resolver = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = ["127.0.0.1"]
+    resolver.timeout = config.timeout
+    resolver.lifetime = config.timeout
+    resolver.cache = None
+    return resolver
+
+
+def _value(rdtype: str, rd: Any) -> Any:
+    if rdtype in ("A", "AAAA"):
+        return rd.address
+    if rdtype in ("TXT", "SPF"):
+        return tuple(rd.strings)
+    if rdtype == "MX":
+        return (rd.preference, rd.exchange.to_text(omit_final_dot=True))
+    if rdtype in ("PTR", "CNAME"):
+        return rd.target.to_text(omit_final_dot=True)
+    return rd.to_text()

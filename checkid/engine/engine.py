@@ -1,0 +1,113 @@
+"""The engine: one per process, answering ``await engine.decide(envelope)``.
+
+It checks the input, picks the identity, and hands a :class:`Context` to the policy file's
+``decide``. It knows no protocol. Every decision has a deadline (``dns.decision_timeout``);
+a policy that raises or returns garbage yields a 4xx, never an exception to the caller.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from checkid.engine import iplists, validate
+from checkid.engine.cache import Cache, MemoryCache
+from checkid.engine.config import Config
+from checkid.engine.context import Context
+from checkid.engine.decision import Action, Decision, Envelope
+from checkid.engine.dnsclient import DnsClient
+from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
+from checkid.engine.prescreen import IPScreen
+from checkid.engine.reputation import RecipientThresholds
+from checkid.engine.spfcheck import SpfChecker
+from checkid.engine.trace import Trace
+
+log = logging.getLogger(__name__)
+
+
+def bad_input(text: str, code: int = 501, xcode: str = "5.5.4", action: Action = Action.REJECT) -> Decision:
+    return Decision(action, code, xcode, text, (), "input", "bad_input")
+
+
+class Engine:
+    """The decision pipeline, its caches and its policy, for one process."""
+
+    def __init__(self, config: Config | None = None, *, cache: Cache | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config = config or Config()
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
+        self.dns = DnsClient(config.dns, self.cache, clock)
+        self.authserv_id = config.headers.authserv_id or socket.getfqdn()
+        self.prescreen = IPScreen(
+            tuple(iplists.load_file(f) for f in config.prescreen.block_files),
+            config.prescreen.dnsbl, self.counts,
+            allow=iplists.from_networks(config.prescreen.allow, "allow list"),
+        )
+        self.blacklist = IPScreen(
+            tuple(iplists.load_file(f) for f in config.blacklist.block_files),
+            config.blacklist.dnsbl, self.counts,
+        )
+        self.spf = SpfChecker(self.dns, self.cache, clock, self.authserv_id, config.dns.max_ttl)
+        path = config.reputation.recipient_thresholds
+        self.thresholds = RecipientThresholds.load(path) if path else RecipientThresholds()
+        self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH)
+
+    async def decide(self, envelope: Envelope, trace: Trace | None = None) -> Decision:
+        """Decide one transaction. Never raises for bad input or a failing policy."""
+        ctx = self._context(envelope, trace)
+        if isinstance(ctx, Decision):
+            self.counts["bad_input"] += 1
+            log.info("bad input: %s (ip=%r id=%r)", ctx.text, envelope.ip, envelope.id)
+            if trace is not None:
+                trace.add("input", ctx.text)
+            return ctx
+        try:
+            async with asyncio.timeout(self.config.dns.decision_timeout):
+                decision = await self.policy.current.decide(ctx)
+        except TimeoutError:
+            decision = ctx.temperror("deadline")
+        except Exception:
+            self.counts["policy_error"] += 1
+            log.exception("policy %s failed for ip=%s id=%s", self.policy.current.path, ctx.ip_text, ctx.identity)
+            return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
+                            "policy", "policy_error")
+        if not isinstance(decision, Decision):
+            self.counts["policy_error"] += 1
+            log.error("policy %s returned %r, not a Decision", self.policy.current.path, type(decision).__name__)
+            return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
+                            "policy", "policy_error")
+        self.counts[f"decision_{decision.action.value}"] += 1
+        return decision
+
+    def _context(self, env: Envelope, trace: Trace | None) -> Context | Decision:
+        """The context for a valid envelope, or the decision that refuses a bad one."""
+        if not env.ip:
+            return bad_input("No client address given", 451, "4.3.5", Action.TEMPFAIL)
+        ip = validate.parse_ip(env.ip) if len(env.ip) <= 64 else None
+        if ip is None:
+            return bad_input(f"Unparseable client address {env.ip[:64]!r}", 451, "4.3.5", Action.TEMPFAIL)
+        for what, value in (("HELO name", env.helo), ("sender address", env.sender)):
+            if value is not None and len(value) > validate.MAX_ADDRESS:
+                return bad_input(f"{what} longer than {validate.MAX_ADDRESS} characters")
+        if len(env.rcpts) > validate.MAX_RCPTS or any(len(r) > validate.MAX_ADDRESS for r in env.rcpts):
+            return bad_input("Too many or oversize recipients", 452, "4.5.3", Action.TEMPFAIL)
+        if env.id is not None:
+            identity = validate.domain(env.id) if len(env.id) <= validate.MAX_DOMAIN + 1 else None
+            if identity is None:
+                return bad_input(f"Invalid ID {env.id[:80]!r}: not a domain name")
+            return Context(self, env, ip, identity, "id", trace)
+        for source in self.config.identity.fallback:
+            if source == "helo" and env.helo:
+                identity = validate.domain(env.helo)
+            elif source == "mail_from" and env.sender:
+                identity = validate.address_domain(env.sender)
+            else:
+                continue
+            if identity is not None:
+                return Context(self, env, ip, identity, source, trace)
+        return Context(self, env, ip, None, "none", trace)

@@ -1,0 +1,167 @@
+"""SPF (RFC 7208) through pyspf, on top of the engine's cached DNS, without blocking the loop.
+
+pyspf is synchronous and asks DNS through the module attribute ``spf.DNSLookup``. The hook
+installed here answers only from what is already known (the cache, or answers fetched for
+this check); on a miss it raises :class:`_Miss`, the coroutine awaits that lookup, and the
+check runs again with the new answer in hand. A warm check therefore runs once with no
+await, and the event loop never waits on DNS inside pyspf.
+
+pyspf swallows exceptions in a few places (the ``exp=`` fetch uses a bare ``except:``), so
+a miss is also remembered on the session and a run that saw one is never trusted.
+
+Finished results are cached by ``(ip, sender, helo)`` until the earliest expiry of the DNS
+answers the check used; temporary errors are never cached.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import spf
+
+from checkid.engine.cache import Cache
+from checkid.engine.dnsclient import DnsAnswer, DnsClient, Outcome
+from checkid.engine.trace import Trace
+
+#: Each rerun resolves one more name; pyspf's own limits (10 lookups, 10 MX, 10 PTR, void
+#: limit) bound a legal record far below this, so reaching it means something is wrong.
+MAX_RUNS = 120
+
+
+class SpfResult(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+
+
+@dataclass(frozen=True, slots=True)
+class SpfOutcome:
+    result: SpfResult
+    explanation: str
+    #: the ``Received-SPF`` header value pyspf builds, when asked for
+    received_spf: str = ""
+    #: DNS names the check had to look up (not answered from cache), for tracing
+    lookups: int = 0
+
+
+class _Miss(Exception):
+    """The answer is not known yet: resolve it and run again."""
+
+
+class _Session:
+    __slots__ = ("client", "now", "answers", "missed", "asked", "budget", "expires", "error")
+
+    def __init__(self, client: DnsClient, now: float, budget: int) -> None:
+        self.client = client
+        self.now = now
+        self.answers: dict[tuple[str, str], DnsAnswer] = {}
+        self.missed: tuple[str, str] | None = None
+        self.asked: set[tuple[str, str]] = set()
+        self.budget = budget
+        self.expires = float("inf")
+        self.error = False
+
+    def lookup(self, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+        key = (name.lower().rstrip("."), qtype)
+        self.asked.add(key)
+        if len(self.asked) > self.budget:
+            raise spf.PermError(f"DNS query budget of {self.budget} exceeded")
+        answer = self.answers.get(key)
+        if answer is None:
+            entry = self.client.cache.get_entry(key, self.now)
+            if entry is None:
+                self.missed = key
+                raise _Miss(key)
+            answer = entry[0]
+            self.expires = min(self.expires, entry[1])
+        if answer.is_error:
+            self.error = True
+            raise spf.TempError(f"DNS {answer.outcome.name} for {key[0]} {qtype}")
+        if answer.outcome is not Outcome.ANSWER:
+            return []
+        out: list[tuple[tuple[str, str], Any]] = [((name, qtype), r) for r in answer.records]
+        if qtype == "MX":  # the exchanges' addresses, when known, spare pyspf a lookup each
+            for _, exchange in answer.records:
+                known = self.client.cache.get_entry((exchange.lower(), "A"), self.now)
+                if known is not None and known[0].outcome is Outcome.ANSWER:
+                    self.expires = min(self.expires, known[1])
+                    out.extend(((exchange, "A"), a) for a in known[0].records)
+        return out
+
+
+_current: _Session | None = None
+
+
+def _hook(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[tuple[tuple[str, str], Any]]:
+    session = _current
+    if session is None:
+        raise spf.TempError("checkid: SPF DNS hook called outside a check")
+    return session.lookup(name, qtype)
+
+
+def install_hook() -> None:
+    """Route pyspf's DNS through the engine. Process-wide: pyspf has one module hook."""
+    spf.DNSLookup = _hook
+
+
+class SpfChecker:
+    """Runs SPF checks for one engine, caching finished results."""
+
+    def __init__(self, client: DnsClient, cache: Cache, clock: Callable[[], float],
+                 receiver: str = "unknown", max_ttl: int = 86_400) -> None:
+        self.client = client
+        self.cache = cache
+        self.clock = clock
+        self.receiver = receiver
+        self.max_ttl = max_ttl
+        install_hook()
+
+    async def check(self, ip: str, sender: str, helo: str, budget: int = 10,
+                    trace: Trace | None = None, want_header: bool = False) -> SpfOutcome:
+        """Evaluate SPF for ``sender`` (``postmaster@helo`` when empty) from ``ip``."""
+        key = ("spf", ip, sender, helo, budget)
+        now = self.clock()
+        cached: SpfOutcome | None = self.cache.get(key, now)
+        if cached is not None and (cached.received_spf or not want_header):
+            if trace is not None:
+                trace.add("spf", f"{sender or helo} from {ip}: {cached.result.name} [cache]")
+            return cached
+        global _current
+        session = _Session(self.client, now, budget)
+        fetched = 0
+        for _ in range(MAX_RUNS):
+            q = spf.query(i=ip, s=sender, h=helo, receiver=self.receiver, strict=True)
+            session.missed = None
+            _current = session
+            try:
+                result, _code, explanation = q.check()
+            except _Miss:
+                pass
+            finally:
+                _current = None
+            if session.missed is None:
+                break
+            key_missed = session.missed
+            answer = await self.client.resolve(key_missed[0], key_missed[1], trace)
+            session.answers[key_missed] = answer
+            fetched += 1
+            if answer.ttl:
+                session.expires = min(session.expires, self.clock() + answer.ttl)
+        else:
+            result, explanation = "temperror", "SPF evaluation did not converge"
+            session.error = True
+        header = q.get_header(result, self.receiver) if want_header else ""
+        outcome = SpfOutcome(SpfResult(result), explanation, header, fetched)
+        if trace is not None:
+            trace.add("spf", f"{sender or helo} from {ip}: {outcome.result.name} ({explanation})")
+        if not session.error and outcome.result is not SpfResult.TEMPERROR:
+            expires = min(session.expires, now + self.max_ttl)
+            if expires > self.clock():
+                self.cache.put(key, outcome, expires)
+        return outcome

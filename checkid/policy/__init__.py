@@ -1,0 +1,1 @@
+"""Operator-editable policy files shipped with checkid (``default.py``)."""
