@@ -227,8 +227,7 @@ class Context:
                 out.append(headers.authentication_results(
                     self.engine.authserv_id, spf, (self.envelope.sender or "").strip("<>"), self.envelope.helo))
             if cfg.received_spf and auth.spf is not None and auth.spf.received_spf:
-                label, _, value = auth.spf.received_spf.partition(":")
-                out.append(Header(label + ":", value.strip()))
+                out.append(Header("Received-SPF:", _one_line(auth.spf.received_spf)))
             hdrs = tuple(out)
         return Decision(action, code, xcode, _one_line(text), hdrs, stage, reason or auth.result.value.lower(),
                         tuple((m, r.value) for m, r in auth.results))

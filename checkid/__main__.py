@@ -1,0 +1,5 @@
+import sys
+
+from checkid.engine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared fixtures: the test DNS server on loopback and engines configured to use it."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from checkid.engine.config import Config, DnsConfig, RegistryConfig
+from checkid.engine.engine import Engine
+from tests.dnsserver import TestDnsServer
+
+ZONES = Path(__file__).parent / "zones"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[TestDnsServer]:
+    with TestDnsServer(ZONES) as server:
+        yield server
+
+
+@pytest.fixture
+def dns(dns_server: TestDnsServer) -> Iterator[TestDnsServer]:
+    """The test DNS server with counts reset and no faults, restored after the test."""
+    dns_server.reset_counts()
+    dns_server.clear_faults()
+    yield dns_server
+    dns_server.clear_faults()
+
+
+def base_config(server: TestDnsServer, **sections: Any) -> Config:
+    """A Config that asks only the test server, with short timeouts, and ``sections`` on top."""
+    config = Config(
+        dns=DnsConfig(nameservers=(server.address,), timeout=0.4, decision_timeout=3.0),
+        registry=RegistryConfig(zone="registry.test"),
+    )
+    return dataclasses.replace(config, **sections)
+
+
+@pytest.fixture
+def make_engine(dns: TestDnsServer) -> Callable[..., Engine]:
+    def make(**sections: Any) -> Engine:
+        return Engine(base_config(dns, **sections))
+    return make
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine on a fresh uvloop loop, as a worker would."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
