@@ -1,6 +1,7 @@
 """Input checks: what the MTA hands over is data from the Internet, never trusted."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -16,6 +17,8 @@ MAX_RCPTS = 1000
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
+# Pure functions of their text, asked again for every transaction of a busy sender: cached.
+@functools.lru_cache(maxsize=65536)
 def parse_ip(text: str) -> IPAddress | None:
     """The client address, IPv4-mapped IPv6 folded to IPv4; None when unparseable."""
     try:
@@ -27,6 +30,7 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(maxsize=65536)
 def domain(text: str) -> str | None:
     """``text`` as a lower-case fully qualified domain name, or None when it is not one."""
     name = text.strip().lower().rstrip(".")
