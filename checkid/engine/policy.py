@@ -83,6 +83,8 @@ class PolicyHolder:
     def __init__(self, path: str | Path) -> None:
         self.current = load(path)
         self.failures = 0
+        #: (mtime_ns, size) of the last file refused, so an unchanged bad file is not retried
+        self.refused: tuple[int, int] | None = None
 
     def reload(self) -> Policy:
         """Load the file again. :raises PolicyError: and keeps the current policy"""
@@ -90,13 +92,20 @@ class PolicyHolder:
             self.current = load(self.current.path)
         except PolicyError:
             self.failures += 1
+            self.refused = _stamp(self.current.path)
             raise
+        self.refused = None
         return self.current
 
     def changed(self) -> bool:
-        """Whether the file on disk differs from the one loaded (cheap: one stat)."""
-        try:
-            st = os.stat(self.current.path)
-        except OSError:
-            return False
-        return (st.st_mtime_ns, st.st_size) != self.current.stamp
+        """Whether the file on disk differs from the one loaded and the one last refused."""
+        stamp = _stamp(self.current.path)
+        return stamp is not None and stamp != self.current.stamp and stamp != self.refused
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)

@@ -66,6 +66,7 @@ def test_reload_picks_up_an_edit_and_keeps_the_last_good_policy(make_engine, tmp
     with pytest.raises(PolicyError):
         engine.policy.reload()
     assert engine.policy.failures == 1
+    assert not engine.policy.changed()  # the refused file is not retried until it changes again
     assert run(engine.decide(env)).action is Action.FILTER
 
 
