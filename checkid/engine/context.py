@@ -156,16 +156,16 @@ class Context:
     async def ratings(self, record: Record | None) -> tuple[Rating, ...]:
         """The record's ratings followed by those of the configured DNS rating services."""
         own = record.ratings if record is not None else ()
-        services = self.config.reputation.dns
+        services = [s for s in self.config.reputation.dns if s.key == "ip" or self.identity]
         if not services:
             return own
         answers = await asyncio.gather(*(
             self.engine.dns.resolve(
                 f"{reverse_name(self.ip) if svc.key == 'ip' else self.identity}.{svc.zone}", "A", self.trace)
-            for svc in services if svc.key == "ip" or self.identity
+            for svc in services
         ))
         extra = []
-        for svc, answer in zip([s for s in services if s.key == "ip" or self.identity], answers):
+        for svc, answer in zip(services, answers):
             grade = next((svc.grades[a] for a in answer.records if a in svc.grades), None)
             if grade is not None:
                 extra.append(Rating(svc.name, grade))

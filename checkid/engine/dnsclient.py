@@ -119,7 +119,10 @@ class DnsClient:
 
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         cfg = self.config
-        qname = dns.name.from_text(name)
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:  # too long or an empty label: it cannot exist
+            return DnsAnswer(Outcome.NXDOMAIN)
         try:
             result = await self.resolver.resolve(
                 qname, rdtype, raise_on_no_answer=False, lifetime=cfg.timeout, search=False
@@ -167,7 +170,8 @@ def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
         except dns.resolver.NoResolverConfiguration:
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = ["127.0.0.1"]
-    resolver.timeout = config.timeout
+    # half the budget per try: a lost UDP datagram or a dead server still leaves a second try
+    resolver.timeout = config.timeout / 2
     resolver.lifetime = config.timeout
     resolver.cache = None
     return resolver

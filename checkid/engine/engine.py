@@ -42,7 +42,7 @@ class Engine:
         self.counts: Counter[str] = Counter()
         self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
         self.dns = DnsClient(config.dns, self.cache, clock)
-        self.authserv_id = config.headers.authserv_id or socket.getfqdn()
+        self.authserv_id = config.headers.authserv_id or socket.gethostname()
         self.prescreen = IPScreen(
             tuple(iplists.load_file(f) for f in config.prescreen.block_files),
             config.prescreen.dnsbl, self.counts,

@@ -91,6 +91,7 @@ def test_truncated_udp_answer_is_retried_over_tcp(dns, clock):
     dns.set_fault("example.com", truncate=True)
     answer = run(client(dns, clock).resolve("example.com", "TXT"))
     assert answer.outcome is Outcome.ANSWER
+    assert dns.count("example.com", "TXT") == 2  # once over UDP (truncated), once over TCP
 
 
 def test_cname_is_followed_with_the_chain_minimum_ttl(dns, clock):
@@ -124,3 +125,9 @@ def test_a_cancelled_waiter_does_not_lose_the_answer(dns, clock):
 
     assert run(impatient()).outcome is Outcome.ANSWER
     assert dns.count("example.com", "TXT") == 1
+
+
+def test_a_name_too_long_to_exist_is_nxdomain_without_a_query(dns, clock):
+    answer = run(client(dns, clock).resolve(".".join(["a" * 63] * 4) + ".example", "TXT"))
+    assert answer.outcome is Outcome.NXDOMAIN and answer.ttl == 0
+    assert dns.total == 0
