@@ -46,9 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--nameserver", metavar="HOST:PORT", action="append", default=[],
                    help="DNS server to ask instead of the configured ones (repeatable)")
     q.add_argument("--registry-zone", metavar="ZONE", help="registry zone instead of the configured one")
+    q.add_argument("--server", metavar="ADDRESS",
+                   help="ask a running engine over MessagePack-RPC (HOST:PORT or unix:PATH) instead")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--trace", action="store_true", help="print each stage and DNS query")
     q.set_defaults(func=_query)
+
+    s = sub.add_parser("serve", help="serve the configured listeners (policy, msgpack-rpc)")
+    _config_args(s)
+    s.set_defaults(func=_serve)
 
     c = sub.add_parser("check-config", help="validate a configuration and its policy file")
     _config_args(c)
@@ -62,11 +68,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     config = config_mod.load(args.config) if args.config else Config()
-    if getattr(args, "nameserver", None):
-        config = dataclasses.replace(config, dns=dataclasses.replace(config.dns, nameservers=tuple(args.nameserver)))
-    if getattr(args, "registry_zone", None):
-        config = dataclasses.replace(config, registry=dataclasses.replace(config.registry, zone=args.registry_zone))
-    return config_mod.from_dict(_as_dict(config), source="command line") if args.nameserver or args.registry_zone else config
+    nameservers, zone = getattr(args, "nameserver", None), getattr(args, "registry_zone", None)
+    if not nameservers and not zone:
+        return config
+    data = _as_dict(config)
+    if nameservers:
+        data["dns"]["nameservers"] = nameservers  # type: ignore[index]
+    if zone:
+        data["registry"]["zone"] = zone  # type: ignore[index]
+    return config_mod.from_dict(data, source="command line")
 
 
 def _as_dict(config: Config) -> dict[str, object]:
@@ -83,11 +93,20 @@ def _as_dict(config: Config) -> dict[str, object]:
 
 
 def _query(args: argparse.Namespace) -> int:
-    engine = Engine(_load(args))
     trace = Trace() if args.trace else None
-    env = envelope(args.ip, args.id, args.helo, args.sender, args.rcpt)
-    decision = asyncio.run(engine.decide(env, trace))
-    action, reply, headers = decision.as_tuple()
+    if args.server:
+        if args.trace:
+            raise CheckidError("--trace works in-process only, not with --server")
+        from checkid.protocols.msgpack_rpc.client import Client
+        try:
+            with Client(args.server) as client:
+                action, reply, headers = client.checkID(args.ip, args.id, args.helo, args.sender, args.rcpt)
+        except OSError as e:
+            raise CheckidError(f"cannot ask {args.server}: {e.strerror or e}") from None
+    else:
+        engine = Engine(_load(args))
+        env = envelope(args.ip, args.id, args.helo, args.sender, args.rcpt)
+        action, reply, headers = asyncio.run(engine.decide(env, trace)).as_tuple()
     if trace is not None:
         print(trace.render(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -97,6 +116,12 @@ def _query(args: argparse.Namespace) -> int:
         print(f"{action} {code}{' ' + xcode if xcode else ''} {text}")
         for h in headers:
             print(f"{h['label']} {h['text']}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from checkid.engine import runtime
+    runtime.run(_load(args))
     return EXIT_OK
 
 

@@ -132,7 +132,47 @@ class HeadersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """One listener: a protocol on a TCP address or a unix socket."""
+
+    protocol: Literal["policy", "msgpack-rpc"]
+    #: ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH``
+    address: str
+    #: policy only: answer one request per connection, then close (Exim ``${readsocket}``)
+    oneshot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixPolicyConfig:
+    #: the protocol_state at which checkid decides; other states are answered DUNNO
+    decide_at: Literal["CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE"] = "RCPT"
+    #: ACCEPT: ``PREPEND`` the Authent header, or answer ``OK`` / ``DUNNO``
+    accept: Literal["prepend", "ok", "dunno"] = "prepend"
+    #: FILTER: ``prepend`` the header, ``dunno``, or a ``transport:nexthop`` for ``FILTER``
+    filter: str = "prepend"
+    #: TEMPFAIL: the 4xx ``reply``, or ``defer_if_permit``
+    tempfail: Literal["reply", "defer_if_permit"] = "reply"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    #: logging level: one line per decision at "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: seconds ``checkid serve`` waits for in-flight requests on SIGTERM/SIGINT
+    grace: float = 10.0
+
+
+DEFAULT_LISTEN = (
+    ListenConfig("policy", "127.0.0.1:10030"),
+    ListenConfig("msgpack-rpc", "127.0.0.1:10031"),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
+    listen: tuple[ListenConfig, ...] = DEFAULT_LISTEN
+    server: ServerConfig = ServerConfig()
+    postfix_policy: PostfixPolicyConfig = PostfixPolicyConfig()
     dns: DnsConfig = DnsConfig()
     registry: RegistryConfig = RegistryConfig()
     identity: IdentityConfig = IdentityConfig()
@@ -244,6 +284,20 @@ def _check(config: Config) -> None:
             parse_hostport(ns, 53)
         except ValueError as e:
             raise ConfigError(f"dns.nameservers[{i}]: {e}") from None
+    for i, listen in enumerate(config.listen):
+        try:
+            parse_listen(listen.address)
+        except ValueError as e:
+            raise ConfigError(f"listen[{i}].address: {e}") from None
+        if listen.oneshot and listen.protocol != "policy":
+            raise ConfigError(f"listen[{i}].oneshot: only for protocol \"policy\"")
+    addresses = [listen.address for listen in config.listen]
+    for i, address in enumerate(addresses):
+        if address in addresses[:i]:
+            raise ConfigError(f"listen[{i}].address: {address} is used twice")
+    filt = config.postfix_policy.filter
+    if filt not in ("prepend", "dunno") and (":" not in filt or any(c.isspace() for c in filt)):
+        raise ConfigError(f"postfix_policy.filter: want \"prepend\", \"dunno\" or transport:nexthop, got {filt!r}")
     for i, net in enumerate(config.prescreen.allow):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -262,6 +316,22 @@ def _check(config: Config) -> None:
                 ipaddress.IPv4Address(code)
             except ValueError:
                 raise ConfigError(f"reputation.dns[{i}].grades: not an IPv4 address: {code!r}") from None
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """``("unix", PATH, 0)`` for ``unix:PATH``, else ``("tcp", HOST, PORT)`` (port required).
+
+    :raises ValueError: with a message fit for the operator
+    """
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ValueError("unix: needs a path")
+        return "unix", path, 0
+    host, port = parse_hostport(text, 0)
+    if port == 0:
+        raise ValueError(f"{text!r} needs a port (HOST:PORT, [IPv6]:PORT or unix:PATH)")
+    return "tcp", host, port
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:

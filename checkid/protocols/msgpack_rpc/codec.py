@@ -1,0 +1,144 @@
+"""MessagePack-RPC framing over a byte stream. This module does no I/O.
+
+Feed bytes with :meth:`RpcParser.receive_data` and take :class:`Request`,
+:class:`Notification` and :class:`Response` events from :meth:`RpcParser.next_event`;
+render with :func:`encode_response`, :func:`encode_request`, :func:`encode_notification`.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from checkid.engine.errors import ProtocolError
+
+REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
+#: the largest message accepted: a whole message with headers and body (1 MiB) and slack
+MAX_MESSAGE = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    msgid: int
+    method: str
+    params: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    msgid: int
+    error: Any
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A request that can be answered with an error: its msgid is known, the rest is wrong."""
+
+    msgid: int
+    error: str
+
+
+Event = Request | Notification | Response | BadRequest
+
+
+class MessageTooLarge(ProtocolError):
+    """A message larger than the limit; ``msgid`` is set when it could be read."""
+
+    def __init__(self, message: str, msgid: int | None) -> None:
+        super().__init__(message)
+        self.msgid = msgid
+
+
+class RpcParser:
+    """Turns a stream of MessagePack objects into RPC events.
+
+    :raises ProtocolError: when the stream is not MessagePack or an object is not an RPC
+        message (the stream cannot be resynchronised: close it)
+    :raises MessageTooLarge: when a message exceeds ``max_message`` bytes
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message, strict_map_key=False)
+        self._events: deque[Event] = deque()
+
+    def receive_data(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            head = self._unpacker.read_bytes(64) if hasattr(self._unpacker, "read_bytes") else b""
+            raise MessageTooLarge(f"message larger than {self.max_message} bytes",
+                                  _msgid_of(head + data[:64])) from None
+        try:
+            for obj in self._unpacker:
+                self._events.append(_event(obj))
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise ProtocolError(f"not MessagePack: {e}") from None
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+
+def _event(obj: Any) -> Event:
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+        raise ProtocolError(f"not an RPC message: {_show(obj)}")
+    kind = obj[0]
+    if kind == REQUEST and len(obj) == 4:
+        _, msgid, method, params = obj
+        if not isinstance(msgid, int) or not 0 <= msgid < 2**32:
+            raise ProtocolError(f"request msgid is not a 32-bit unsigned integer: {_show(msgid)}")
+        if not isinstance(method, str):
+            return BadRequest(msgid, f"method name must be a string, got {_show(method)}")
+        if not isinstance(params, list):
+            return BadRequest(msgid, f"params must be an array, got {_show(params)}")
+        return Request(msgid, method, params)
+    if kind == NOTIFICATION and len(obj) == 3:
+        _, method, params = obj
+        if not isinstance(method, str) or not isinstance(params, list):
+            raise ProtocolError("malformed notification")
+        return Notification(method, params)
+    if kind == RESPONSE and len(obj) == 4:
+        _, msgid, error, result = obj
+        if not isinstance(msgid, int):
+            raise ProtocolError("response msgid is not an integer")
+        return Response(msgid, error, result)
+    raise ProtocolError(f"not an RPC message: {_show(obj)}")
+
+
+def _msgid_of(head: bytes) -> int | None:
+    """The msgid at the start of a request too large to read whole, if it is there."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(head)
+    try:
+        if unpacker.read_array_header() == 4 and unpacker.unpack() == REQUEST:
+            msgid = unpacker.unpack()
+            return msgid if isinstance(msgid, int) else None
+    except Exception:  # noqa: BLE001 - anything unreadable means "unknown"
+        return None
+    return None
+
+
+def _show(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def encode_request(msgid: int, method: str, params: list[Any]) -> bytes:
+    return msgpack.packb([REQUEST, msgid, method, params], use_bin_type=True)
+
+
+def encode_notification(method: str, params: list[Any]) -> bytes:
+    return msgpack.packb([NOTIFICATION, method, params], use_bin_type=True)
+
+
+def encode_response(msgid: int, error: Any, result: Any) -> bytes:
+    return msgpack.packb([RESPONSE, msgid, error, result], use_bin_type=True)

@@ -1,0 +1,95 @@
+"""The methods a MessagePack-RPC client may call, over the engine. No I/O of its own."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from checkid.engine.contract import envelope
+from checkid.engine.decision import Envelope
+from checkid.engine.engine import Engine
+from checkid.protocols.decisionlog import log_decision
+
+#: the contract's parameter names, in order
+CHECKID_PARAMS = ("IP", "ID", "H", "S", "R", "Hdrs", "Body")
+#: bound on a message body handed over for a decision
+MAX_BODY = 1024 * 1024
+
+
+class RpcError(Exception):
+    """An error to return to the caller in the response's error field."""
+
+
+class RpcService:
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.methods: dict[str, Callable[[list[Any]], Any]] = {
+            "checkID": self.check_id,
+            "ping": self.ping,
+            "stats": self.stats,
+        }
+
+    async def call(self, method: str, params: list[Any]) -> Any:
+        """Run ``method``. :raises RpcError: unknown method or bad params"""
+        handler = self.methods.get(method)
+        if handler is None:
+            raise RpcError(f"unknown method {method!r} (known: {', '.join(self.methods)})")
+        result = handler(params)
+        return await result if hasattr(result, "__await__") else result
+
+    async def check_id(self, params: list[Any]) -> list[Any]:
+        env = checkid_envelope(params)
+        start = self.clock()
+        decision = await self.engine.decide(env)
+        log_decision("msgpack-rpc", "", env, decision, self.clock() - start)
+        action, reply, headers = decision.as_tuple()
+        return [action, list(reply), headers]
+
+    def ping(self, params: list[Any]) -> str:
+        if params:
+            raise RpcError("ping takes no params")
+        return "pong"
+
+    def stats(self, params: list[Any]) -> dict[str, int]:
+        if params:
+            raise RpcError("stats takes no params")
+        counts = dict(self.engine.counts)
+        counts.update({f"dns_{k}": v for k, v in self.engine.dns.counts.items()})
+        counts["cache_hits"] = self.engine.cache.stats.hits
+        counts["cache_misses"] = self.engine.cache.stats.misses
+        return counts
+
+
+def checkid_envelope(params: list[Any]) -> Envelope:
+    """``checkID`` params: positional as the contract, or one map with the contract's names.
+
+    :raises RpcError: naming the parameter at fault
+    """
+    if len(params) == 1 and isinstance(params[0], dict):
+        args = params[0]
+        unknown = [k for k in args if k not in CHECKID_PARAMS]
+        if unknown:
+            raise RpcError(f"checkID: unknown parameter {unknown[0]!r} (known: {', '.join(CHECKID_PARAMS)})")
+    else:
+        if len(params) > len(CHECKID_PARAMS):
+            raise RpcError(f"checkID takes at most {len(CHECKID_PARAMS)} params, got {len(params)}")
+        args = dict(zip(CHECKID_PARAMS, params))
+    for name in ("IP", "ID", "H", "S"):
+        if args.get(name) is not None and not isinstance(args[name], str):
+            raise RpcError(f"checkID: {name} must be a string or nil")
+    rcpts = args.get("R") or []
+    if not isinstance(rcpts, list) or not all(isinstance(r, str) for r in rcpts):
+        raise RpcError("checkID: R must be an array of strings")
+    hdrs = args.get("Hdrs") or []
+    if not isinstance(hdrs, list) or not all(
+        isinstance(h, str) or (isinstance(h, list) and len(h) == 2 and all(isinstance(p, str) for p in h))
+        for h in hdrs
+    ):
+        raise RpcError("checkID: Hdrs must be an array of 'Name: value' strings or [name, value] pairs")
+    body = args.get("Body")
+    if body is not None and not isinstance(body, (str, bytes)):
+        raise RpcError("checkID: Body must be a string, binary or nil")
+    if body is not None and len(body) > MAX_BODY:
+        raise RpcError(f"checkID: Body longer than {MAX_BODY} bytes")
+    return envelope(args.get("IP"), args.get("ID"), args.get("H"), args.get("S"), rcpts,
+                    [tuple(h) if isinstance(h, list) else h for h in hdrs], body)

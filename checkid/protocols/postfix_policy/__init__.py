@@ -1,0 +1,1 @@
+"""Postfix SMTPD access policy delegation (also spoken by Exim's ``${readsocket}``)."""

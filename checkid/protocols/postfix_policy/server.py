@@ -1,0 +1,111 @@
+"""The asyncio adapter for the policy protocol: bytes in, codec, session, replies out.
+
+Requests are answered in order even when pipelined (decisions run concurrently, replies
+wait for their turn). A malformed stream or an internal error closes the connection with
+no reply, as Postfix expects (it retries). In ``oneshot`` mode (Exim's ``${readsocket}``)
+the first answer is followed by a close; in any mode a client's half-close is answered and
+then closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from checkid.engine.engine import Engine
+from checkid.engine.errors import ProtocolError
+from checkid.protocols.postfix_policy.codec import RequestParser, encode_reply
+from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
+
+log = logging.getLogger(__name__)
+
+#: stop reading from a client that has this many requests unanswered
+MAX_IN_FLIGHT = 64
+
+
+class PolicyProtocol(asyncio.Protocol):
+    def __init__(self, engine: Engine, options: PolicyOptions, oneshot: bool = False) -> None:
+        self.engine = engine
+        self.options = options
+        self.oneshot = oneshot
+        self.transport: asyncio.Transport | None = None
+        self.parser = RequestParser()
+        self.tasks: deque[asyncio.Task[str]] = deque()
+        self.eof = False
+        self.done = False
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        self.peer = str(transport.get_extra_info("peername") or "unix")
+        self.session = PolicySession(self.engine.decide, self.options, time.perf_counter,
+                                     "policy-oneshot" if self.oneshot else "policy")
+        self.engine.counts["policy_connections"] += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.receive_data(data)
+        except ProtocolError as e:
+            return self._fail(str(e))
+        self._start_requests()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        try:
+            self.parser.receive_eof()
+        except ProtocolError as e:
+            self._fail(str(e))
+            return False
+        self._start_requests()
+        return bool(self.tasks)  # keep the write side open until the answers are out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+        self.done = True
+
+    def _start_requests(self) -> None:
+        while (request := self.parser.next_event()) is not None:
+            if self.done or (self.oneshot and self.tasks):
+                continue  # oneshot: only the first request of the connection is answered
+            task = asyncio.ensure_future(self.session.answer(request))
+            task.add_done_callback(self._flush)
+            self.tasks.append(task)
+        if self.transport is not None and len(self.tasks) >= MAX_IN_FLIGHT:
+            self.transport.pause_reading()
+
+    def _flush(self, _task: asyncio.Task[str]) -> None:
+        assert self.transport is not None
+        while self.tasks and self.tasks[0].done() and not self.done:
+            task = self.tasks.popleft()
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                if isinstance(error, ProtocolError):
+                    return self._fail(str(error))
+                log.error("%s: internal error, closing without reply", self.peer, exc_info=error)
+                self.engine.counts["policy_internal_errors"] += 1
+                return self._close(abort=True)
+            self.transport.write(encode_reply(task.result()))
+            if self.oneshot:
+                return self._close()
+        if len(self.tasks) < MAX_IN_FLIGHT and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.eof and not self.tasks and not self.parser.pending:
+            self._close()
+
+    def _fail(self, reason: str) -> None:
+        log.warning("%s: %s; closing the connection", self.peer, reason)
+        self.engine.counts["policy_protocol_errors"] += 1
+        self._close(abort=True)
+
+    def _close(self, abort: bool = False) -> None:
+        self.done = True
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+        if self.transport is not None:
+            self.transport.abort() if abort else self.transport.close()
