@@ -70,19 +70,32 @@ class RpcParser:
         self.max_message = max_message
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message, strict_map_key=False)
         self._events: deque[Event] = deque()
+        self._fed = 0
+        #: stream offset where the last complete message ended
+        self._end = 0
+        #: the first bytes of the message not yet complete, to find its msgid if it overflows
+        self._head = b""
 
     def receive_data(self, data: bytes) -> None:
+        pending = self._fed > self._end
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
-            head = self._unpacker.read_bytes(64) if hasattr(self._unpacker, "read_bytes") else b""
-            raise MessageTooLarge(f"message larger than {self.max_message} bytes",
-                                  _msgid_of(head + data[:64])) from None
+            head = (self._head if pending else b"") + data[:64]
+            raise MessageTooLarge(f"message larger than {self.max_message} bytes", _msgid_of(head)) from None
+        chunk_start = self._fed
+        self._fed += len(data)
         try:
             for obj in self._unpacker:
+                self._end = self._unpacker.tell()
                 self._events.append(_event(obj))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors; TypeError: unhashable map key
             raise ProtocolError(f"not MessagePack: {e}") from None
+        start = self._end
+        if start >= chunk_start:
+            self._head = data[start - chunk_start:start - chunk_start + 64]
+        elif len(self._head) < 64:
+            self._head += data[:64 - len(self._head)]
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None

@@ -1,0 +1,71 @@
+"""The session: decide at the configured stage, once per instance."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from checkid.engine.decision import Action, Decision, Header
+from checkid.engine.errors import ProtocolError
+from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
+from tests.conftest import run
+
+
+class FakeEngine:
+    def __init__(self, decision):
+        self.decision = decision
+        self.calls = []
+
+    async def decide(self, env):
+        self.calls.append(env)
+        return self.decision
+
+
+ACCEPT = Decision(Action.ACCEPT, 250, "", "Sender OK", (Header("Authent:", "x"),))
+REJECT = Decision(Action.REJECT, 550, "5.7.1", "No")
+
+
+def req(state="RCPT", instance="i1", **attrs):
+    return {"request": "smtpd_access_policy", "protocol_state": state, "instance": instance,
+            "client_address": "192.0.2.1", "helo_name": "example.com", "sender": "a@example.com", **attrs}
+
+
+def answers(engine, *requests, options=PolicyOptions()):
+    session = PolicySession(engine.decide, options, time.perf_counter)
+
+    async def go():
+        return [await session.answer(r) for r in requests]
+    return run(go())
+
+
+def test_other_stages_are_dunno_and_not_decided():
+    engine = FakeEngine(ACCEPT)
+    assert answers(engine, req("CONNECT"), req("MAIL"), req("DATA")) == ["DUNNO"] * 3
+    assert engine.calls == []
+
+
+def test_one_decision_and_one_header_per_instance():
+    engine = FakeEngine(ACCEPT)
+    out = answers(engine, req(recipient="a@x"), req(recipient="b@x"), req(recipient="c@x"))
+    assert out == ["PREPEND Authent: x", "DUNNO", "DUNNO"]
+    assert len(engine.calls) == 1
+    env = engine.calls[0]
+    assert (env.ip, env.id, env.helo, env.sender, env.rcpts) == ("192.0.2.1", None, "example.com",
+                                                                 "a@example.com", ("a@x",))
+
+
+def test_a_reject_is_repeated_for_every_recipient_and_a_new_instance_decides_again():
+    engine = FakeEngine(REJECT)
+    out = answers(engine, req(), req(), req(instance="i2"))
+    assert out == ["550 5.7.1 No"] * 3
+    assert len(engine.calls) == 2
+
+
+def test_decide_at_another_stage():
+    engine = FakeEngine(REJECT)
+    assert answers(engine, req("RCPT"), req("MAIL"), options=PolicyOptions(decide_at="MAIL")) == ["DUNNO", "550 5.7.1 No"]
+
+
+def test_not_a_policy_request_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="not a policy request"):
+        answers(FakeEngine(ACCEPT), {"protocol_state": "RCPT"})
