@@ -1,0 +1,77 @@
+"""Starting and stopping the real processes integration tests talk to."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: bound on waiting for a process to become ready
+READY_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, seconds: float = READY_SECONDS) -> None:
+    """Return once 127.0.0.1:port accepts connections; bounded in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds:.0f} s")
+
+
+def world_readable_tmpdir(prefix: str) -> Path:
+    """A temporary folder that daemons dropping to their own user can still traverse."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+class Checkid:
+    """``checkid serve`` as a subprocess on a TOML configuration."""
+
+    def __init__(self, toml: str, workdir: Path, ports: list[int]) -> None:
+        self.config = workdir / "checkid.toml"
+        self.config.write_text(toml)
+        self.log = workdir / "checkid.log"
+        self.ports = ports
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Checkid":
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "checkid", "serve", "-c", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        for port in self.ports:
+            wait_for_port(port, self.proc)
+        return self
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> "Checkid":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
