@@ -2,6 +2,8 @@
 anchors.md §8). Nothing of the system's own MTA configuration is touched."""
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -84,6 +86,66 @@ class Postfix:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "Postfix":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+EXIM = Path(__file__).resolve().parent.parent / ".mta" / "exim" / "usr" / "sbin" / "exim4"
+
+
+class Exim:
+    """A private Exim 4.96 daemon (unpacked by scripts/mta-deps) on 127.0.0.1:port with its
+    own configuration, spool and logs; accepted mail stays in its queue (``queue_only``)."""
+
+    def __init__(self, port: int, config: str) -> None:
+        self.port = port
+        self.root = world_readable_tmpdir("checkid-exim-")
+        self.conf = self.root / "exim.conf"
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Exim":
+        exim = pwd.getpwnam("Debian-exim")
+        for sub in ("spool", "log"):
+            (self.root / sub).mkdir()
+            os.chown(self.root / sub, exim.pw_uid, exim.pw_gid)
+        self.conf.write_text(self.config.replace("@ROOT@", str(self.root)).replace("@PORT@", str(self.port)))
+        check = subprocess.run([str(EXIM), "-C", str(self.conf), "-bV"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"exim configuration refused: {check.stdout}{check.stderr}")
+        self.proc = subprocess.Popen([str(EXIM), "-C", str(self.conf), "-bdf", "-oX", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def headers(self, message_id: str) -> str:
+        out = subprocess.run([str(EXIM), "-C", str(self.conf), "-Mvh", message_id],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    @property
+    def mainlog(self) -> str:
+        log = self.root / "log" / "mainlog"
+        return log.read_text() if log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Exim":
         try:
             return self.start()
         except BaseException:
