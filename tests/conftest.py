@@ -49,7 +49,11 @@ def make_engine(dns: TestDnsServer) -> Callable[..., Engine]:
     return make
 
 
+#: no single coroutine of a test may run longer than this
+RUN_SECONDS = 60.0
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one coroutine on a fresh uvloop loop, as a worker would."""
+    """Run one coroutine on a fresh uvloop loop, as a worker would, bounded in time."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+        return runner.run(asyncio.wait_for(coro, RUN_SECONDS))

@@ -65,7 +65,8 @@ def test_policy_answers_pipelined_requests_in_order_like_in_process(dns):
     assert got[1].startswith("550 5.7.1 Sending MTA")
 
 
-@pytest.mark.parametrize("garbage", [b"this is not a policy request\n\n", b"x=" + b"y" * 10000])
+@pytest.mark.parametrize("garbage", [b"this is not a policy request\n\n", b"x=" + b"y" * 10000 + b"\n\n",
+                                     b"x=" + b"y" * (pol.MAX_REQUEST + 1)])
 def test_policy_malformed_stream_closes_with_no_reply(dns, garbage):
     async def go():
         server, port = await serving(Engine(base_config(dns)), "policy")

@@ -11,11 +11,11 @@ from collections import deque
 from checkid.engine.errors import ProtocolError
 
 #: Postfix's own SMTP line limit is line_length_limit = 2048; certificate subjects and
-#: SASL names stay far below. One attribute line may not exceed this.
+#: SASL names stay far below. One attribute line may not exceed this many characters.
 MAX_LINE = 8192
 #: Postfix 3.7 sends about 30 attributes per request.
 MAX_ATTRIBUTES = 128
-#: bound on one whole request
+#: bound on one whole request, in bytes; also bounds what is buffered while it arrives
 MAX_REQUEST = 64 * 1024
 
 Request = dict[str, str]
@@ -24,38 +24,41 @@ Request = dict[str, str]
 class RequestParser:
     """Splits a byte stream into requests (attribute dicts), in order.
 
-    Lines end in LF (a CR before it is dropped). An attribute sent twice keeps its last
-    value. Empty requests (a blank line with no attribute before it) are skipped.
-    :raises ProtocolError: on an oversize line or request, a line without ``=``, an empty
-        name, or a NUL byte; the connection cannot be trusted after that
+    Lines end in LF (CRLF is taken as LF). An attribute sent twice keeps its last value.
+    Blank lines between requests are skipped. A request is checked when its empty line
+    arrives (or at EOF), so the outcome does not depend on how the stream was split.
+    :raises ProtocolError: on an oversize line or request, too many attributes, a line
+        without ``=``, an empty name, or a NUL byte; the connection cannot be trusted after
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._attrs: Request = {}
-        self._size = 0
         self._ready: deque[Request] = deque()
 
     def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-        start = 0
+        buf = self._buffer
+        buf += data
+        if b"\r" in data or buf.endswith(b"\r"):
+            buf[:] = buf.replace(b"\r\n", b"\n")
+        start, size = 0, len(buf)
         while True:
-            end = self._buffer.find(b"\n", start)
+            while start < size and buf[start] == 10:  # blank lines between requests
+                start += 1
+            end = buf.find(b"\n\n", start)
             if end < 0:
                 break
-            self._line(bytes(self._buffer[start:end]))
-            start = end + 1
-        del self._buffer[:start]
-        if len(self._buffer) > MAX_LINE:
-            raise ProtocolError(f"policy line longer than {MAX_LINE} bytes")
+            self._ready.append(_request(bytes(buf[start:end + 1])))
+            start = end + 2
+        del buf[:start]
+        if len(buf) > MAX_REQUEST:
+            raise ProtocolError(f"policy request larger than {MAX_REQUEST} bytes")
 
     def receive_eof(self) -> None:
         """End of input: a request left without its empty line is taken as complete."""
-        if self._buffer:
-            self._line(bytes(self._buffer))
-            self._buffer.clear()
-        if self._attrs:
-            self._line(b"")
+        block = bytes(self._buffer).strip(b"\n")
+        self._buffer.clear()
+        if block:
+            self._ready.append(_request(block + b"\n"))
 
     def next_event(self) -> Request | None:
         return self._ready.popleft() if self._ready else None
@@ -63,30 +66,26 @@ class RequestParser:
     @property
     def pending(self) -> bool:
         """Whether part of a request has been received."""
-        return bool(self._buffer or self._attrs)
+        return bool(self._buffer.strip(b"\n"))
 
-    def _line(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if len(line) > MAX_LINE:
-            raise ProtocolError(f"policy line longer than {MAX_LINE} bytes")
-        if not line:
-            if self._attrs:
-                self._ready.append(self._attrs)
-                self._attrs, self._size = {}, 0
-            return
-        name, sep, value = line.partition(b"=")
+
+def _request(block: bytes) -> Request:
+    """One request's lines, each ending in LF."""
+    if len(block) > MAX_REQUEST:
+        raise ProtocolError(f"policy request larger than {MAX_REQUEST} bytes")
+    if b"\0" in block:
+        raise ProtocolError("NUL byte in policy request")
+    attrs: Request = {}
+    for line in block.decode("utf-8", "replace").split("\n")[:-1]:
+        name, sep, value = line.partition("=")
         if not sep or not name:
             raise ProtocolError(f"policy line is not name=value: {line[:60]!r}")
-        if b"\0" in line:
-            raise ProtocolError("NUL byte in policy request")
-        self._size += len(line) + 1
-        if self._size > MAX_REQUEST:
-            raise ProtocolError(f"policy request larger than {MAX_REQUEST} bytes")
-        key = name.decode("utf-8", "replace")
-        if key not in self._attrs and len(self._attrs) >= MAX_ATTRIBUTES:
-            raise ProtocolError(f"policy request with more than {MAX_ATTRIBUTES} attributes")
-        self._attrs[key] = value.decode("utf-8", "replace")
+        if len(line) > MAX_LINE:
+            raise ProtocolError(f"policy line longer than {MAX_LINE} characters")
+        attrs[name] = value
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise ProtocolError(f"policy request with more than {MAX_ATTRIBUTES} attributes")
+    return attrs
 
 
 def encode_request(attrs: dict[str, str]) -> bytes:
@@ -99,7 +98,7 @@ def encode_request(attrs: dict[str, str]) -> bytes:
 
 def encode_reply(action: str) -> bytes:
     """``action=<action>`` and the empty line. :raises ValueError: on a line break or NUL"""
-    if any(c in action for c in "\r\n\0"):
+    if "\n" in action or "\r" in action or "\0" in action:
         raise ValueError("policy action must be one line")
     return b"action=" + action.encode("utf-8") + b"\n\n"
 

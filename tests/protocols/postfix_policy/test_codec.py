@@ -52,13 +52,13 @@ def test_eof_completes_a_request_without_its_empty_line():
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"no equals sign\n", "not name=value"),
-    (b"=value\n", "not name=value"),
-    (b"name=va\0lue\n", "NUL"),
-    (b"x=" + b"y" * (codec.MAX_LINE + 1), "longer than"),
-    (b"x=" + b"y" * (codec.MAX_LINE + 1) + b"\n", "longer than"),
-    (b"".join(b"a%d=1\n" % i for i in range(codec.MAX_ATTRIBUTES + 1)), "more than"),
+    (b"no equals sign\n\n", "not name=value"),
+    (b"=value\n\n", "not name=value"),
+    (b"name=va\0lue\n\n", "NUL"),
+    (b"x=" + b"y" * (codec.MAX_LINE + 1) + b"\n\n", "longer than"),
+    (b"".join(b"a%d=1\n" % i for i in range(codec.MAX_ATTRIBUTES + 1)) + b"\n", "more than"),
     (b"".join(b"a%d=%s\n" % (i % 50, b"v" * 5000) for i in range(20)), "larger than"),
+    (b"x=" + b"y" * codec.MAX_REQUEST, "larger than"),
 ])
 def test_limits_and_malformed_lines_are_refused(data, message):
     with pytest.raises(ProtocolError, match=message):
