@@ -102,16 +102,3 @@ def test_multi_recipient_message_is_decided_once_with_one_header(stack, dns):
     smtp.quit()
     assert decisions(rpc_port) == before + 1
     assert postfix.postcat(queue_id).count("Authent: ") == 1
-
-
-def test_serve_exits_cleanly_on_sigterm(dns_server):
-    port = free_port()
-    workdir = world_readable_tmpdir("checkid-serve-")
-    checkid = Checkid(f'[[listen]]\nprotocol = "msgpack-rpc"\naddress = "127.0.0.1:{port}"\n'
-                      f'[dns]\nnameservers = ["{dns_server.address}"]\n[registry]\nzone = "registry.test"\n',
-                      workdir, [port]).start()
-    with Client(f"127.0.0.1:{port}") as c:
-        assert c.checkID("192.0.2.1", "example.com")[0] == "ACCEPT"
-    assert checkid.stop() == 0
-    log = checkid.log.read_text()
-    assert "stopped" in log and "Traceback" not in log

@@ -212,3 +212,21 @@ def test_sync_client_against_the_server(dns):
     run(go())
     assert result["a"] == ("ACCEPT", (250, "", "Sender OK"),
                            [{"label": "Authent:", "text": "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"}])
+
+
+def test_policy_internal_error_closes_without_reply(dns):
+    async def go():
+        engine = Engine(base_config(dns))
+
+        async def broken(env):
+            raise RuntimeError("bug")
+        engine.decide = broken
+        server, port = await serving(engine, "policy")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(policy_request("192.0.2.1", "example.com", "1"))
+        data = await reader.read()
+        await close(writer)
+        server.close()
+        return data, engine.counts["policy_internal_errors"]
+
+    assert run(go()) == (b"", 1)

@@ -1,0 +1,53 @@
+"""``checkid serve`` as the operator runs it, and ``checkid query --server`` against it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from checkid.protocols.msgpack_rpc.client import Client
+from tests.processes import Checkid, free_port, world_readable_tmpdir
+
+
+def query(*args):
+    out = subprocess.run([sys.executable, "-m", "checkid", "query", *args], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_query_through_a_unix_socket_equals_in_process(dns_server):
+    workdir = world_readable_tmpdir("checkid-serve-")
+    sock = workdir / "rpc.sock"
+    port = free_port()
+    toml = (f'[[listen]]\nprotocol = "msgpack-rpc"\naddress = "unix:{sock}"\n'
+            f'[[listen]]\nprotocol = "policy"\naddress = "127.0.0.1:{port}"\n'
+            f'[dns]\nnameservers = ["{dns_server.address}"]\n[registry]\nzone = "registry.test"\n')
+    with Checkid(toml, workdir, [port]) as checkid:
+        for ident in ("example.com", "example.net", "unregistered.example"):
+            remote = query("192.0.2.1", ident, "--server", f"unix:{sock}", "--json")
+            local = query("192.0.2.1", ident, "--json", "-c", str(checkid.config))
+            assert remote == local
+        log = checkid.log.read_text()
+    assert "msgpack-rpc queue_id=- ip=192.0.2.1 id=example.net" in log and "action=REJECT code=550" in log
+
+
+def test_serve_exits_cleanly_on_sigterm(dns_server):
+    port = free_port()
+    workdir = world_readable_tmpdir("checkid-serve-")
+    checkid = Checkid(f'[[listen]]\nprotocol = "msgpack-rpc"\naddress = "127.0.0.1:{port}"\n'
+                      f'[dns]\nnameservers = ["{dns_server.address}"]\n[registry]\nzone = "registry.test"\n',
+                      workdir, [port]).start()
+    with Client(f"127.0.0.1:{port}") as c:
+        assert c.checkID("192.0.2.1", "example.com")[0] == "ACCEPT"
+    assert checkid.stop() == 0
+    log = checkid.log.read_text()
+    assert "stopped" in log and "Traceback" not in log
+
+
+def test_serve_refuses_a_bad_configuration_naming_the_key(tmp_path):
+    bad = tmp_path / "checkid.toml"
+    bad.write_text('[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:1"\n')
+    out = subprocess.run([sys.executable, "-m", "checkid", "serve", "-c", str(bad)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "listen[0].protocol" in out.stderr
