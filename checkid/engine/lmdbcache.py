@@ -1,0 +1,189 @@
+"""The shared cache layer: one LMDB file on this host that every worker reads and writes.
+
+Entries carry a wall-clock expiry, so they mean the same in every process and after a
+restart. Values are encoded with msgpack per type (never pickle: the file is data, not
+code). LMDB gives each write one atomic transaction and robust locks, so a worker killed
+mid-write loses at most its own write. When the map is full, expired entries go first, then
+the oldest half, then everything: it is a cache, and the engine keeps serving.
+
+Open it only after fork: py-lmdb refuses to open an environment in a child whose parent
+had it open (reference/runtime.md §3).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import lmdb
+import msgpack
+
+from checkid.engine.cache import CacheStats
+from checkid.engine.dnsclient import DnsAnswer, Outcome
+from checkid.engine.spfcheck import SpfOutcome, SpfResult
+
+log = logging.getLogger(__name__)
+
+#: LMDB's default key limit is 511 bytes; longer keys are hashed
+MAX_KEY = 500
+#: readers: a slot per concurrent read transaction (one per worker) plus tools
+MAX_READERS = 512
+
+_DNS, _SPF = 1, 2
+
+
+def encode_value(value: Any) -> list[Any]:
+    if isinstance(value, DnsAnswer):
+        return [_DNS, value.outcome.value, list(value.records), value.ttl]
+    if isinstance(value, SpfOutcome):
+        return [_SPF, value.result.value, value.explanation, value.received_spf, value.lookups]
+    raise TypeError(f"no shared-cache encoding for {type(value).__name__}")
+
+
+def decode_value(data: list[Any]) -> Any:
+    if data[0] == _DNS:
+        records = tuple(tuple(r) if isinstance(r, list) else r for r in data[2])
+        return DnsAnswer(Outcome(data[1]), records, data[3])
+    if data[0] == _SPF:
+        return SpfOutcome(SpfResult(data[1]), data[2], data[3], data[4])
+    raise ValueError(f"unknown shared-cache value tag {data[0]!r}")
+
+
+def encode_key(key: Hashable) -> bytes:
+    raw = msgpack.packb(key, use_bin_type=True)
+    return raw if len(raw) <= MAX_KEY else b"#" + hashlib.blake2b(raw, digest_size=32).digest()
+
+
+class LmdbCache:
+    """A :class:`~checkid.engine.cache.Cache` in an LMDB file shared by the host's workers."""
+
+    def __init__(self, path: str, size_mb: int, mono: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(path, map_size=max(1, size_mb) * 1024 * 1024, subdir=True, max_readers=MAX_READERS,
+                             writemap=True, sync=False, metasync=False, map_async=True, lock=True)
+        self.mono = mono
+        self.wall = wall
+        self.stats = CacheStats()
+        self.evictions = 0
+        self.errors = 0
+
+    def get(self, key: Hashable, now: float) -> Any | None:
+        entry = self.get_entry(key, now)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: Hashable, now: float) -> tuple[Any, float] | None:
+        try:
+            with self.env.begin(buffers=True) as txn:
+                raw = txn.get(encode_key(key))
+                data = None if raw is None else msgpack.unpackb(raw, raw=False)
+        except (lmdb.Error, ValueError) as e:
+            self.errors += 1
+            log.warning("shared cache read failed: %s", e)
+            return None
+        if data is None:
+            self.stats.misses += 1
+            return None
+        wall_expires, _stored, value = data
+        remaining = wall_expires - self.wall()
+        if remaining <= 0:
+            self.stats.misses += 1
+            return None
+        try:
+            decoded = decode_value(value)
+        except (ValueError, TypeError, IndexError):
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        return decoded, now + remaining
+
+    def put(self, key: Hashable, value: Any, expires: float) -> None:
+        wall_now = self.wall()
+        record = msgpack.packb([expires - self.mono() + wall_now, wall_now, encode_value(value)], use_bin_type=True)
+        k = encode_key(key)
+        for attempt in range(4):
+            try:
+                with self.env.begin(write=True) as txn:
+                    txn.put(k, record)
+                self.stats.puts += 1
+                return
+            except lmdb.MapFullError:
+                self._evict(attempt)
+            except lmdb.Error as e:
+                self.errors += 1
+                log.warning("shared cache write failed: %s", e)
+                return
+
+    def _evict(self, attempt: int) -> None:
+        """Make room: expired entries, then the oldest half, then everything. Deleting needs
+        pages too, so a step that cannot commit in a full map gives way to the next one."""
+        steps = (self.sweep, self._drop_oldest_half, self._drop_all)
+        for step in steps[attempt:]:
+            try:
+                removed = step()
+            except lmdb.MapFullError:
+                continue
+            self.evictions += removed
+            log.info("shared cache full: evicted %d entries", removed)
+            return
+
+    def _drop_all(self) -> int:
+        with self.env.begin(write=True) as txn:
+            removed = int(txn.stat(self.env.open_db())["entries"])
+            txn.drop(self.env.open_db(), delete=False)
+        return removed
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Delete expired entries (at most ``limit``); returns how many went."""
+        now, removed = self.wall(), 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor()
+            ok = cursor.first()
+            while ok and (limit is None or removed < limit):
+                wall_expires = _expiry(cursor.value())
+                if wall_expires is None or wall_expires <= now:
+                    ok = cursor.delete()
+                    removed += 1
+                else:
+                    ok = cursor.next()
+        return removed
+
+    def _drop_oldest_half(self) -> int:
+        with self.env.begin() as txn:
+            stored = sorted((_stored(v), bytes(k)) for k, v in txn.cursor())
+        victims = stored[: max(1, len(stored) // 2)]
+        with self.env.begin(write=True) as txn:
+            for _, k in victims:
+                txn.delete(k)
+        return len(victims)
+
+    def reader_check(self) -> int:
+        """Clear reader slots left by dead processes; returns how many."""
+        return int(self.env.reader_check())
+
+    def flush(self) -> None:
+        self._drop_all()
+
+    def __len__(self) -> int:
+        return int(self.env.stat()["entries"])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _expiry(raw: bytes) -> float | None:
+    try:
+        return float(msgpack.unpackb(raw, raw=False)[0])
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _stored(raw: bytes) -> float:
+    try:
+        return float(msgpack.unpackb(raw, raw=False)[1])
+    except (ValueError, TypeError, IndexError):
+        return 0.0
