@@ -79,6 +79,8 @@ class LayeredCache:
         self.front = front
         self.back = back
         self.stats = CacheStats()
+        #: the layer that answered the last lookup: "l1" or "l2"
+        self.last_layer = "l1"
 
     def get(self, key: Hashable, now: float) -> Any | None:
         entry = self.get_entry(key, now)
@@ -86,8 +88,10 @@ class LayeredCache:
 
     def get_entry(self, key: Hashable, now: float) -> tuple[Any, float] | None:
         entry = self.front.get_entry(key, now)
+        self.last_layer = "l1"
         if entry is None:
             entry = self.back.get_entry(key, now)
+            self.last_layer = "l2"
             if entry is not None:
                 self.front.put(key, *entry)
         if entry is None:

@@ -97,7 +97,7 @@ class Context:
                 name = f"{self.identity}.{self.config.registry.zone}"
                 answer = await self.engine.dns.resolve(name, "TXT", self.trace)
                 self._registry = interpret(answer)
-            self.engine.counts[f"registry_{self._registry.outcome.value}"] += 1
+            self.engine.counts[("registry_lookups", self._registry.outcome.value)] += 1
             if self.trace is not None:
                 self.log("registry", f"{self.identity}: {self._registry.outcome.name} {self._registry.error}".rstrip())
         return self._registry
@@ -208,7 +208,7 @@ class Context:
 
     def temperror(self, stage: str, auth: Auth = NO_AUTH, ratings: tuple[Rating, ...] = ()) -> Decision:
         """A DNS temporary error: TEMPFAIL, or fail open to the spam filter, as configured."""
-        self.engine.counts[f"temperror_{stage}"] += 1
+        self.engine.counts[("temperrors", stage)] += 1
         if self.config.policy.on_temperror == "filter":
             return self.filter(stage, auth if auth is not NO_AUTH else Auth(Result.TEMPERROR, "DNS"),
                                ratings, reason="temperror")

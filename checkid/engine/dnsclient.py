@@ -55,6 +55,11 @@ class DnsAnswer:
     def is_error(self) -> bool:
         return self.outcome is Outcome.TIMEOUT or self.outcome is Outcome.SERVFAIL
 
+    @property
+    def negative(self) -> bool:
+        """NXDOMAIN or NODATA: a cacheable "no"."""
+        return self.outcome is Outcome.NXDOMAIN or self.outcome is Outcome.NODATA
+
     def describe(self) -> str:
         if self.outcome is Outcome.ANSWER:
             return f"{', '.join(_show(r) for r in self.records)} (ttl {self.ttl})"
@@ -75,11 +80,16 @@ CacheKey = tuple[str, str]
 class DnsClient:
     """One per process (created after a fork): resolve with cache and query sharing."""
 
-    def __init__(self, config: DnsConfig, cache: Cache, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: DnsConfig, cache: Cache, clock: Callable[[], float] = time.monotonic,
+                 counts: Counter[tuple[str, ...]] | None = None,
+                 observe: Callable[[str, float], None] | None = None) -> None:
         self.config = config
         self.cache = cache
         self.clock = clock
-        self.counts: Counter[str] = Counter()
+        #: ("dns_queries", type, outcome) and ("cache_lookups", layer, result) counters
+        self.counts: Counter[tuple[str, ...]] = counts if counts is not None else Counter()
+        #: called with (type, seconds) for every query sent
+        self.observe = observe
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
 
@@ -92,7 +102,11 @@ class DnsClient:
         """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``)."""
         key = (name.lower().rstrip("."), rdtype)
         answer: DnsAnswer | None = self.cache.get(key, self.clock())
-        if answer is not None:
+        if answer is None:
+            self.counts[("cache_lookups", "all", "miss")] += 1
+        else:
+            self.counts[("cache_lookups", getattr(self.cache, "last_layer", "l1"),
+                         "negative_hit" if answer.negative else "hit")] += 1
             if trace is not None:
                 trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [cache]")
             return answer
@@ -110,9 +124,11 @@ class DnsClient:
 
     async def _lookup(self, key: CacheKey) -> DnsAnswer:
         name, rdtype = key
-        self.counts[f"query_{rdtype}"] += 1
+        start = time.perf_counter()
         answer = await self._query(name, rdtype)
-        self.counts[answer.outcome.value] += 1
+        self.counts[("dns_queries", rdtype, answer.outcome.value)] += 1
+        if self.observe is not None:
+            self.observe(rdtype, time.perf_counter() - start)
         if answer.ttl > 0:
             self.cache.put(key, answer, self.clock() + answer.ttl)
         return answer

@@ -19,6 +19,7 @@ from checkid.engine.config import Config
 from checkid.engine.context import Context
 from checkid.engine.decision import Action, Decision, Envelope
 from checkid.engine.dnsclient import DnsClient
+from checkid.engine.metrics import Exporter
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
 from checkid.engine.prescreen import IPScreen
 from checkid.engine.reputation import RecipientThresholds
@@ -36,20 +37,25 @@ class Engine:
     """The decision pipeline, its caches and its policy, for one process."""
 
     def __init__(self, config: Config | None = None, *, cache: Cache | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Exporter | None = None) -> None:
         self.config = config = config or Config()
         self.clock = clock
-        self.counts: Counter[str] = Counter()
+        #: plain counters keyed (name, *labels) (checkid.engine.metrics.COUNTERS)
+        self.counts: Counter[tuple[str, ...]] = Counter()
+        #: connections open now, by front-end (kept by the front-ends)
+        self.open_connections: Counter[str] = Counter()
+        self.metrics = metrics
         self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
-        self.dns = DnsClient(config.dns, self.cache, clock)
+        self.dns = DnsClient(config.dns, self.cache, clock, self.counts,
+                             metrics.observe_dns if metrics is not None else None)
         self.authserv_id = config.headers.authserv_id or socket.gethostname()
         self.prescreen = IPScreen(
-            tuple(iplists.load_file(f) for f in config.prescreen.block_files),
+            "prescreen", tuple(iplists.load_file(f) for f in config.prescreen.block_files),
             config.prescreen.dnsbl, self.counts,
             allow=iplists.from_networks(config.prescreen.allow, "allow list"),
         )
         self.blacklist = IPScreen(
-            tuple(iplists.load_file(f) for f in config.blacklist.block_files),
+            "blacklist", tuple(iplists.load_file(f) for f in config.blacklist.block_files),
             config.blacklist.dnsbl, self.counts,
         )
         self.spf = SpfChecker(self.dns, self.cache, clock, self.authserv_id, config.dns.max_ttl)
@@ -57,11 +63,22 @@ class Engine:
         self.thresholds = RecipientThresholds.load(path) if path else RecipientThresholds()
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH)
 
-    async def decide(self, envelope: Envelope, trace: Trace | None = None) -> Decision:
-        """Decide one transaction. Never raises for bad input or a failing policy."""
+    async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
+        """Decide one transaction. Never raises for bad input or a failing policy.
+
+        ``frontend`` only labels the metrics (decisions by front-end, latency).
+        """
+        start = time.perf_counter()
+        decision = await self._decide(envelope, trace)
+        self.counts[("decisions", frontend, decision.action.value, decision.stage)] += 1
+        if self.metrics is not None:
+            self.metrics.observe_decision(frontend, time.perf_counter() - start)
+        return decision
+
+    async def _decide(self, envelope: Envelope, trace: Trace | None) -> Decision:
         ctx = self._context(envelope, trace)
         if isinstance(ctx, Decision):
-            self.counts["bad_input"] += 1
+            self.counts[("bad_input",)] += 1
             log.info("bad input: %s (ip=%r id=%r)", ctx.text, envelope.ip, envelope.id)
             if trace is not None:
                 trace.add("input", ctx.text)
@@ -72,16 +89,15 @@ class Engine:
         except TimeoutError:
             decision = ctx.temperror("deadline")
         except Exception:
-            self.counts["policy_error"] += 1
+            self.counts[("policy_errors",)] += 1
             log.exception("policy %s failed for ip=%s id=%s", self.policy.current.path, ctx.ip_text, ctx.identity)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
         if not isinstance(decision, Decision):
-            self.counts["policy_error"] += 1
+            self.counts[("policy_errors",)] += 1
             log.error("policy %s returned %r, not a Decision", self.policy.current.path, type(decision).__name__)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
-        self.counts[f"decision_{decision.action.value}"] += 1
         return decision
 
     def _context(self, env: Envelope, trace: Trace | None) -> Context | Decision:

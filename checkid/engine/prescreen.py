@@ -52,14 +52,21 @@ def reverse_name(ip: IPAddress) -> str:
 class IPScreen:
     """One set of lists: local block lists first, then DNSBLs asked in parallel."""
 
-    def __init__(self, blocks: tuple[IPList, ...], dnsbls: tuple[DnsList, ...],
-                 counts: Counter[str], allow: IPList | None = None) -> None:
+    def __init__(self, stage: str, blocks: tuple[IPList, ...], dnsbls: tuple[DnsList, ...],
+                 counts: Counter[tuple[str, ...]], allow: IPList | None = None) -> None:
+        self.stage = stage
         self.allow = allow
         self.blocks = blocks
         self.dnsbls = dnsbls
         self.counts = counts
 
     async def check(self, ip: IPAddress, client: DnsClient, trace: Trace | None = None) -> ListResult:
+        result = await self._check(ip, client, trace)
+        if result.verdict is not Verdict.CLEAR:
+            self.counts[("list_hits", self.stage, result.list_name)] += 1
+        return result
+
+    async def _check(self, ip: IPAddress, client: DnsClient, trace: Trace | None) -> ListResult:
         if self.allow is not None and self.allow.lookup(ip) is not None:
             return ListResult(Verdict.ALLOW, self.allow.name)
         for block in self.blocks:
@@ -78,12 +85,12 @@ class IPScreen:
         answer = await client.resolve(f"{key}.{dnsl.zone}", "A", trace)
         if answer.outcome is not Outcome.ANSWER:
             if answer.is_error:
-                self.counts[f"dnsbl_lookup_error:{dnsl.zone}"] += 1
+                self.counts[("dnsbl_lookup_errors", dnsl.zone)] += 1
             return CLEAR
         for address in answer.records:
             addr = ipaddress.IPv4Address(address)
             if addr in _ERRORS:
-                self.counts[f"dnsbl_error_code:{dnsl.zone}"] += 1
+                self.counts[("dnsbl_error_answers", dnsl.zone)] += 1
                 if trace is not None:
                     trace.add("prescreen", f"{dnsl.zone} answered error code {address}: not a listing")
                 continue
@@ -91,7 +98,7 @@ class IPScreen:
                 reason = dnsl.codes.get(address)
                 if reason is not None:
                     return ListResult(Verdict.BLOCK, dnsl.name or dnsl.zone, reason)
-                self.counts[f"dnsbl_unknown_code:{dnsl.zone}"] += 1
+                self.counts[("dnsbl_unknown_answers", dnsl.zone)] += 1
             elif addr in _LISTED:
                 return ListResult(Verdict.BLOCK, dnsl.name or dnsl.zone, address)
         return CLEAR

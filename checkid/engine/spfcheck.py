@@ -116,6 +116,7 @@ class SpfChecker:
     def __init__(self, client: DnsClient, cache: Cache, clock: Callable[[], float],
                  receiver: str = "unknown", max_ttl: int = 86_400) -> None:
         self.client = client
+        self.counts = client.counts
         self.cache = cache
         self.clock = clock
         self.receiver = receiver
@@ -129,6 +130,7 @@ class SpfChecker:
         now = self.clock()
         cached: SpfOutcome | None = self.cache.get(key, now)
         if cached is not None and (cached.received_spf or not want_header):
+            self.counts[("spf_results", cached.result.value)] += 1
             if trace is not None:
                 trace.add("spf", f"{sender or helo} from {ip}: {cached.result.name} [cache]")
             return cached
@@ -158,6 +160,7 @@ class SpfChecker:
             session.error = True
         header = q.get_header(result, self.receiver) if want_header else ""
         outcome = SpfOutcome(SpfResult(result), explanation, header, fetched)
+        self.counts[("spf_results", outcome.result.value)] += 1
         if trace is not None:
             trace.add("spf", f"{sender or helo} from {ip}: {outcome.result.name} ({explanation})")
         if not session.error and outcome.result is not SpfResult.TEMPERROR:

@@ -37,13 +37,13 @@ def test_prescreen_dnsbl_error_code_is_not_a_listing_and_is_counted(make_engine,
     d = decide(engine, "203.0.113.254", "example.com")
     assert d.stage == "methods"  # went on to the registry and SPF
     assert dns.count("example.com.registry.test") == 1
-    assert engine.counts["dnsbl_error_code:zen.spamhaus.org"] == 1
+    assert engine.counts[("dnsbl_error_answers", "zen.spamhaus.org")] == 1
 
 
 def test_prescreen_unmapped_code_is_not_a_listing(make_engine):
     engine = make_engine()
     assert decide(engine, "203.0.113.99", "example.com").stage != "prescreen"
-    assert engine.counts["dnsbl_unknown_code:zen.spamhaus.org"] == 1
+    assert engine.counts[("dnsbl_unknown_answers", "zen.spamhaus.org")] == 1
 
 
 def test_prescreen_without_code_map_lists_any_127_0_0_answer(make_engine):
@@ -63,7 +63,7 @@ def test_prescreen_dnsbl_timeout_does_not_list(make_engine, dns):
     engine = make_engine()
     d = decide(engine, "203.0.113.10", "example.com")
     assert d.stage != "prescreen"
-    assert engine.counts["dnsbl_lookup_error:zen.spamhaus.org"] == 1
+    assert engine.counts[("dnsbl_lookup_errors", "zen.spamhaus.org")] == 1
 
 
 def test_prescreen_allow_list_accepts_without_dns(make_engine, dns):
@@ -132,8 +132,8 @@ def test_registry_parse_error_is_its_own_outcome(make_engine):
     engine = make_engine()
     d = decide(engine, IP, "broken.example")
     assert d.action is Action.FILTER and authent(d).startswith("192.0.2.1 broken.example REGISTRY PERMERROR")
-    assert engine.counts["registry_parse_error"] == 1
-    assert engine.counts["registry_no_record"] == 0
+    assert engine.counts[("registry_lookups", "parse_error")] == 1
+    assert engine.counts[("registry_lookups", "no_record")] == 0
 
 
 def test_registry_timeout_tempfails_by_default(make_engine, dns):
@@ -141,7 +141,7 @@ def test_registry_timeout_tempfails_by_default(make_engine, dns):
     engine = make_engine()
     d = decide(engine, IP, "slow.example")
     assert (d.action, d.code, d.xcode) == (Action.TEMPFAIL, 451, "4.4.3")
-    assert engine.counts["registry_temperror"] == 1
+    assert engine.counts[("registry_lookups", "temperror")] == 1
 
 
 def test_registry_timeout_fails_open_when_configured(make_engine, dns):
@@ -272,7 +272,7 @@ def test_bad_input_is_a_decision_not_an_exception(make_engine, env, action, code
     d = run(engine.decide(env))
     assert (d.action, d.code) == (action, code)
     assert "\n" not in d.text and "\r" not in d.text
-    assert engine.counts["bad_input"] == 1
+    assert engine.counts[("bad_input",)] == 1
     assert dns.total == 0
 
 
@@ -287,7 +287,7 @@ def test_a_policy_that_raises_gives_4xx(make_engine, tmp_path):
     engine = make_engine(policy=PolicyConfig(path=str(broken)))
     d = decide(engine, IP, "example.com")
     assert (d.action, d.code, d.xcode) == (Action.TEMPFAIL, 451, "4.3.5")
-    assert engine.counts["policy_error"] == 1
+    assert engine.counts[("policy_errors",)] == 1
 
 
 def test_config_sections_replace_cleanly():

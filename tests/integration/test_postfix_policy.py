@@ -51,7 +51,7 @@ def session(postfix, client_ip, helo):
 def decisions(rpc_port):
     with Client(f"127.0.0.1:{rpc_port}") as c:
         stats = c.call("stats")
-    return sum(v for k, v in stats.items() if k.startswith("decision_"))
+    return sum(v for k, v in stats.items() if k.startswith("decisions:"))
 
 
 def test_reject_reaches_the_smtp_client_with_checkid_code_and_text(stack, dns):

@@ -140,7 +140,7 @@ def test_rpc_answers_as_decisions_complete_tied_by_msgid(dns):
     assert order[-1] == 0  # the slow first call was answered last
     assert by_map == ["REJECT", [550, "5.7.1", "Sending MTA '192.0.2.1' not authorized by 'example.net'"], []]
     assert pong == "pong"
-    assert stats["decision_ACCEPT"] >= 1 and stats["rpc_connections"] == 1
+    assert stats["decisions:msgpack-rpc:ACCEPT:reputation"] >= 1 and stats["connections:msgpack-rpc"] == 1
 
 
 @pytest.mark.parametrize("method, params, message", [
@@ -227,6 +227,6 @@ def test_policy_internal_error_closes_without_reply(dns):
         data = await reader.read()
         await close(writer)
         server.close()
-        return data, engine.counts["policy_internal_errors"]
+        return data, engine.counts[("internal_errors", "policy")]
 
     assert run(go()) == (b"", 1)

@@ -16,6 +16,7 @@ from checkid.protocols.msgpack_rpc.service import RpcError, RpcService
 
 log = logging.getLogger(__name__)
 
+FRONT = "msgpack-rpc"
 #: stop reading from a client that has this many requests unanswered
 MAX_IN_FLIGHT = 256
 
@@ -33,7 +34,8 @@ class RpcProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.peer = str(transport.get_extra_info("peername") or "unix")
         self.service = RpcService(self.engine, time.perf_counter)
-        self.engine.counts["rpc_connections"] += 1
+        self.engine.counts[("connections", FRONT)] += 1
+        self.engine.open_connections[FRONT] += 1
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -58,6 +60,7 @@ class RpcProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.engine.open_connections[FRONT] -= 1
         for task in self.tasks:
             task.cancel()
 
@@ -79,7 +82,7 @@ class RpcProtocol(asyncio.Protocol):
             return self._send(request.msgid, str(e), None)
         except Exception:
             log.exception("%s: %s failed", self.peer, request.method)
-            self.engine.counts["rpc_internal_errors"] += 1
+            self.engine.counts[("internal_errors", FRONT)] += 1
             return self._send(request.msgid, "internal error", None)
         self._send(request.msgid, None, result)
 
@@ -95,6 +98,6 @@ class RpcProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         log.warning("%s: %s; closing the connection", self.peer, reason)
-        self.engine.counts["rpc_protocol_errors"] += 1
+        self.engine.counts[("protocol_errors", FRONT)] += 1
         if self.transport is not None:
             self.transport.close()

@@ -40,7 +40,7 @@ class RpcService:
     async def check_id(self, params: list[Any]) -> list[Any]:
         env = checkid_envelope(params)
         start = self.clock()
-        decision = await self.engine.decide(env)
+        decision = await self.engine.decide(env, frontend="msgpack-rpc")
         log_decision("msgpack-rpc", "", env, decision, self.clock() - start)
         action, reply, headers = decision.as_tuple()
         return [action, list(reply), headers]
@@ -51,13 +51,10 @@ class RpcService:
         return "pong"
 
     def stats(self, params: list[Any]) -> dict[str, int]:
+        """This worker's counters, flattened: ``decisions:msgpack-rpc:ACCEPT:reputation``."""
         if params:
             raise RpcError("stats takes no params")
-        counts = dict(self.engine.counts)
-        counts.update({f"dns_{k}": v for k, v in self.engine.dns.counts.items()})
-        counts["cache_hits"] = self.engine.cache.stats.hits
-        counts["cache_misses"] = self.engine.cache.stats.misses
-        return counts
+        return {":".join(key): value for key, value in self.engine.counts.items()}
 
 
 def checkid_envelope(params: list[Any]) -> Envelope:

@@ -35,13 +35,17 @@ class PolicyProtocol(asyncio.Protocol):
         self.eof = False
         self.done = False
         self.peer = "?"
+        self.front = "policy"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.peer = str(transport.get_extra_info("peername") or "unix")
-        self.session = PolicySession(self.engine.decide, self.options, time.perf_counter,
-                                     "policy-oneshot" if self.oneshot else "policy")
-        self.engine.counts["policy_connections"] += 1
+        self.front = "policy-oneshot" if self.oneshot else "policy"
+        engine = self.engine
+        self.session = PolicySession(lambda env: engine.decide(env, frontend=self.front), self.options,
+                                     time.perf_counter, self.front)
+        engine.counts[("connections", self.front)] += 1
+        engine.open_connections[self.front] += 1
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -61,6 +65,7 @@ class PolicyProtocol(asyncio.Protocol):
         return bool(self.tasks)  # keep the write side open until the answers are out
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.engine.open_connections[self.front] -= 1
         for task in self.tasks:
             task.cancel()
         self.tasks.clear()
@@ -87,7 +92,7 @@ class PolicyProtocol(asyncio.Protocol):
                 if isinstance(error, ProtocolError):
                     return self._fail(str(error))
                 log.error("%s: internal error, closing without reply", self.peer, exc_info=error)
-                self.engine.counts["policy_internal_errors"] += 1
+                self.engine.counts[("internal_errors", self.front)] += 1
                 return self._close(abort=True)
             self.transport.write(encode_reply(task.result()))
             if self.oneshot:
@@ -99,7 +104,7 @@ class PolicyProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         log.warning("%s: %s; closing the connection", self.peer, reason)
-        self.engine.counts["policy_protocol_errors"] += 1
+        self.engine.counts[("protocol_errors", self.front)] += 1
         self._close(abort=True)
 
     def _close(self, abort: bool = False) -> None:

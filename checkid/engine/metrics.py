@@ -1,0 +1,111 @@
+"""Prometheus metrics, aggregated across worker processes (multiprocess mode).
+
+The hot path only bumps plain counters (``engine.counts``, keyed ``(name, *labels)``);
+each worker copies their growth into Prometheus once a tick (:meth:`Exporter.sync`), so a
+decision pays no mmap write for them. Latency histograms are observed directly.
+
+``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported
+(:func:`prepare_dir`, called by the runtime before it imports anything that imports this).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+#: counter name -> (help, label names); exported as ``checkid_<name>_total``
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "decisions": ("Decisions by front-end, action and deciding stage", ("frontend", "action", "stage")),
+    "bad_input": ("Transactions refused for unusable input", ()),
+    "policy_errors": ("Decisions the policy file failed to make (answered 451 4.3.5)", ()),
+    "temperrors": ("DNS temporary errors that decided a transaction, by stage", ("stage",)),
+    "dns_queries": ("DNS queries sent, by type and outcome", ("type", "outcome")),
+    "cache_lookups": ("DNS cache lookups by layer and result", ("layer", "result")),
+    "list_hits": ("IP list hits by stage (prescreen, blacklist) and list", ("stage", "list")),
+    "dnsbl_error_answers": ("DNSBL error answers (127.255.255.0/24), never listings", ("zone",)),
+    "dnsbl_unknown_answers": ("DNSBL answers outside the configured codes", ("zone",)),
+    "dnsbl_lookup_errors": ("DNSBL lookups that timed out or failed", ("zone",)),
+    "registry_lookups": ("Registry lookups by outcome", ("outcome",)),
+    "spf_results": ("SPF results", ("result",)),
+    "connections": ("Connections accepted, by front-end", ("frontend",)),
+    "protocol_errors": ("Connections closed because the peer broke the protocol", ("frontend",)),
+    "internal_errors": ("Requests that failed inside checkid", ("frontend",)),
+    "policy_reloads": ("Policy files loaded after an edit", ()),
+    "policy_reload_failures": ("Policy files refused on reload (the last good one keeps serving)", ()),
+    "config_reloads": ("Configuration reloads by result", ("result",)),
+    "worker_restarts": ("Workers replaced by the master, by reason", ("reason",)),
+}
+
+#: 50 µs to 10 s
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def prepare_dir(path: str) -> None:
+    """Create an empty metrics directory and point prometheus_client at it."""
+    shutil.rmtree(path, ignore_errors=True)
+    Path(path).mkdir(parents=True, mode=0o755)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+class Exporter:
+    """The metric objects of one process."""
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        self.counters = {
+            name: prom.Counter(f"checkid_{name}", help_text, labels)
+            for name, (help_text, labels) in COUNTERS.items()
+        }
+        self.decision_seconds = prom.Histogram(
+            "checkid_decision_duration_seconds", "Time to decide one transaction", ("frontend",),
+            buckets=LATENCY_BUCKETS)
+        self.dns_seconds = prom.Histogram(
+            "checkid_dns_query_duration_seconds", "Time of one DNS query sent upstream", ("type",),
+            buckets=LATENCY_BUCKETS)
+        self.open_connections = prom.Gauge(
+            "checkid_open_connections", "Connections open now, by front-end", ("frontend",),
+            multiprocess_mode="livesum")
+        self.workers = prom.Gauge("checkid_workers", "Workers running", multiprocess_mode="livemax")
+        self._synced: Counter[tuple[str, ...]] = Counter()
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def sync(self, counts: Counter[tuple[str, ...]], open_connections: dict[str, int] | None = None) -> None:
+        """Add what ``counts`` gained since the last call to the Prometheus counters."""
+        for key, value in counts.items():
+            delta = value - self._synced[key]
+            if delta > 0:
+                child = self._children.get(key)
+                if child is None:
+                    metric = self.counters.get(key[0])
+                    if metric is None:
+                        continue
+                    child = metric.labels(*key[1:]) if key[1:] else metric
+                    self._children[key] = child
+                child.inc(delta)  # type: ignore[attr-defined]
+                self._synced[key] = value
+        for frontend, n in (open_connections or {}).items():
+            self.open_connections.labels(frontend).set(n)
+
+    def observe_decision(self, frontend: str, seconds: float) -> None:
+        self.decision_seconds.labels(frontend).observe(seconds)
+
+    def observe_dns(self, rdtype: str, seconds: float) -> None:
+        self.dns_seconds.labels(rdtype).observe(seconds)
+
+
+def render() -> tuple[bytes, str]:
+    """The merged exposition of every process's metrics: ``(body, content type)``."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
