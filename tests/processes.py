@@ -44,8 +44,13 @@ def world_readable_tmpdir(prefix: str) -> Path:
 class Checkid:
     """``checkid serve`` as a subprocess on a TOML configuration."""
 
-    def __init__(self, toml: str, workdir: Path, ports: list[int]) -> None:
+    def __init__(self, toml: str, workdir: Path, ports: list[int], workers: int = 1) -> None:
         self.config = workdir / "checkid.toml"
+        self.metrics_port = free_port()
+        if "[server]" not in toml:
+            toml += f'\n[server]\nworkers = {workers}\nstate_dir = "{workdir / "state"}"\n'
+        if "[metrics]" not in toml:
+            toml += f'\n[metrics]\naddress = "127.0.0.1:{self.metrics_port}"\n'
         self.config.write_text(toml)
         self.log = workdir / "checkid.log"
         self.ports = ports

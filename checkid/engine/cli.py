@@ -120,9 +120,8 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from checkid.engine import runtime
-    runtime.run(_load(args))
-    return EXIT_OK
+    from checkid.engine import supervisor
+    return supervisor.serve(_load(args), args.config)
 
 
 def _check_config(args: argparse.Namespace) -> int:

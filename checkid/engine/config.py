@@ -119,6 +119,8 @@ class PolicyConfig:
     path: str = ""
     #: what a DNS temporary error leads to: a 4xx, or fail open to the spam filter
     on_temperror: Literal["tempfail", "filter"] = "tempfail"
+    #: seconds between checks of the policy file for edits (each worker reloads it)
+    reload_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,10 @@ class ListenConfig:
     address: str
     #: policy only: answer one request per connection, then close (Exim ``${readsocket}``)
     oneshot: bool = False
+    #: unix sockets: permissions (octal text), and owner/group ("" keeps checkid's user)
+    mode: str = "0660"
+    owner: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +162,37 @@ class PostfixPolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    #: worker processes; 0 means one per CPU
+    workers: int = 0
+    #: drop to this user (and group) after binding the listeners, when started as root
+    user: str = ""
+    group: str = ""
+    #: shared cache and other state; empty: /var/lib/checkid as root, else ~/.local/state/checkid
+    state_dir: str = ""
     #: logging level: one line per decision at "info"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: seconds ``checkid serve`` waits for in-flight requests on SIGTERM/SIGINT
+    #: log file, reopened on SIGUSR1; empty means standard error
+    log_file: str = ""
+    #: seconds workers get to finish in-flight requests on SIGTERM/SIGINT
     grace: float = 10.0
+    #: a worker whose event loop has not ticked for this many seconds is replaced
+    heartbeat_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    #: the shared on-host layer (LMDB in the state dir) under each worker's memory cache
+    shared: bool = True
+    #: its size bound; when full, expired and then oldest entries go
+    size_mb: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    #: HTTP address of /metrics and /healthz (Prometheus); empty disables
+    address: str = "127.0.0.1:10039"
+    #: per-process metric files (wiped at start; tmpfs is best); empty: <state_dir>/metrics
+    dir: str = ""
 
 
 DEFAULT_LISTEN = (
@@ -172,6 +205,8 @@ DEFAULT_LISTEN = (
 class Config:
     listen: tuple[ListenConfig, ...] = DEFAULT_LISTEN
     server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    metrics: MetricsConfig = MetricsConfig()
     postfix_policy: PostfixPolicyConfig = PostfixPolicyConfig()
     dns: DnsConfig = DnsConfig()
     registry: RegistryConfig = RegistryConfig()
@@ -289,12 +324,33 @@ def _check(config: Config) -> None:
             parse_listen(listen.address)
         except ValueError as e:
             raise ConfigError(f"listen[{i}].address: {e}") from None
+        try:
+            if not 0 <= int(listen.mode, 8) <= 0o777:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"listen[{i}].mode: want octal permissions like \"0660\", got {listen.mode!r}") from None
         if listen.oneshot and listen.protocol != "policy":
             raise ConfigError(f"listen[{i}].oneshot: only for protocol \"policy\"")
     addresses = [listen.address for listen in config.listen]
     for i, address in enumerate(addresses):
         if address in addresses[:i]:
             raise ConfigError(f"listen[{i}].address: {address} is used twice")
+    server = config.server
+    if server.workers < 0 or server.workers > 256:
+        raise ConfigError("server.workers: must be 0 (one per CPU) to 256")
+    for name in ("grace", "heartbeat_timeout"):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"server.{name}: must be positive")
+    if config.cache.size_mb < 1:
+        raise ConfigError("cache.size_mb: must be at least 1")
+    if not 0.1 <= config.policy.reload_interval <= 3600:
+        raise ConfigError("policy.reload_interval: must be 0.1 to 3600 seconds")
+    if config.metrics.address:
+        try:
+            if parse_listen(config.metrics.address)[0] != "tcp":
+                raise ValueError("must be HOST:PORT")
+        except ValueError as e:
+            raise ConfigError(f"metrics.address: {e}") from None
     filt = config.postfix_policy.filter
     if filt not in ("prepend", "dunno") and (":" not in filt or any(c.isspace() for c in filt)):
         raise ConfigError(f"postfix_policy.filter: want \"prepend\", \"dunno\" or transport:nexthop, got {filt!r}")

@@ -56,19 +56,20 @@ class Exporter:
         import prometheus_client as prom
 
         self.counters = {
-            name: prom.Counter(f"checkid_{name}", help_text, labels)
+            name: prom.Counter(f"checkid_{name}", help_text, labels, registry=None)
             for name, (help_text, labels) in COUNTERS.items()
         }
         self.decision_seconds = prom.Histogram(
             "checkid_decision_duration_seconds", "Time to decide one transaction", ("frontend",),
-            buckets=LATENCY_BUCKETS)
+            buckets=LATENCY_BUCKETS, registry=None)
         self.dns_seconds = prom.Histogram(
             "checkid_dns_query_duration_seconds", "Time of one DNS query sent upstream", ("type",),
-            buckets=LATENCY_BUCKETS)
+            buckets=LATENCY_BUCKETS, registry=None)
         self.open_connections = prom.Gauge(
             "checkid_open_connections", "Connections open now, by front-end", ("frontend",),
-            multiprocess_mode="livesum")
-        self.workers = prom.Gauge("checkid_workers", "Workers running", multiprocess_mode="livemax")
+            multiprocess_mode="livesum", registry=None)
+        self.workers = prom.Gauge("checkid_workers", "Workers running", multiprocess_mode="livemax",
+                                  registry=None)
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
 
