@@ -37,8 +37,9 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()
     #: seconds one lookup may take, all retries included
     timeout: float = 2.0
-    #: seconds a whole decision may take; keep it below the MTA's own timeout
-    decision_timeout: float = 10.0
+    #: seconds a whole decision may take; keep it below the MTA's own timeout (Sendmail's
+    #: milter read timeout is 10 s, Exim's ${readsocket} default 5 s: docs/exim.md sets 10 s)
+    decision_timeout: float = 8.0
     #: entries in the per-process answer cache
     cache_size: int = 100_000
     #: TTL clamps in seconds for positive answers
@@ -177,6 +178,9 @@ class ServerConfig:
     grace: float = 10.0
     #: a worker whose event loop has not ticked for this many seconds is replaced
     heartbeat_timeout: float = 10.0
+    #: a front-end connection with no data and nothing in flight for this long is closed
+    #: (Postfix closes idle policy connections itself after 300 s)
+    idle_timeout: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +342,7 @@ def _check(config: Config) -> None:
     server = config.server
     if server.workers < 0 or server.workers > 256:
         raise ConfigError("server.workers: must be 0 (one per CPU) to 256")
-    for name in ("grace", "heartbeat_timeout"):
+    for name in ("grace", "heartbeat_timeout", "idle_timeout"):
         if getattr(server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
     if config.cache.size_mb < 1:
@@ -351,6 +355,10 @@ def _check(config: Config) -> None:
                 raise ValueError("must be HOST:PORT")
         except ValueError as e:
             raise ConfigError(f"metrics.address: {e}") from None
+    pp = config.postfix_policy
+    if pp.decide_at == "END-OF-MESSAGE" and "prepend" in (pp.accept, pp.filter):
+        raise ConfigError("postfix_policy: PREPEND is not allowed at END-OF-MESSAGE (Postfix "
+                          "smtpd_end_of_data_restrictions); set accept and filter to \"dunno\" or \"ok\"")
     filt = config.postfix_policy.filter
     if filt not in ("prepend", "dunno") and (":" not in filt or any(c.isspace() for c in filt)):
         raise ConfigError(f"postfix_policy.filter: want \"prepend\", \"dunno\" or transport:nexthop, got {filt!r}")

@@ -18,7 +18,7 @@ from checkid.engine.iplists import IPAddress
 from checkid.engine.prescreen import ListResult, Verdict, reverse_name
 from checkid.engine.registry import Rating, Record, RegistryOutcome, RegistryResult, interpret
 from checkid.engine.reputation import Score, score
-from checkid.engine.spfcheck import SpfOutcome
+from checkid.engine.spfcheck import SpfOutcome, SpfResult
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain
 
@@ -57,6 +57,8 @@ class Auth:
 
 
 NO_AUTH = Auth(Result.NONE, "NONE")
+_SPF_RESULT = {s: Result(s.value.upper()) for s in SpfResult}
+_REASON = {r: r.value.lower() for r in Result}
 
 
 class Context:
@@ -129,8 +131,8 @@ class Context:
                 assert record.addresses is not None
                 result = Result.PASS if record.addresses.lookup(self.ip) is not None else Result.FAIL
             elif name == "SPF1":
-                spf_outcome = await self._spf(allowed)
-                result = Result(spf_outcome.result.value.upper())
+                spf_outcome = await self._spf()
+                result = _SPF_RESULT[spf_outcome.result]
             else:
                 self.log("methods", f"{name}: not available at this stage")
                 continue
@@ -142,15 +144,16 @@ class Context:
                 break
         return Auth(best, best_method, tuple(results), spf_outcome)
 
-    async def _spf(self, budget: int) -> SpfOutcome:
+    async def _spf(self) -> SpfOutcome:
+        """SPF for the identity: the MAIL FROM when its domain is the identity, else
+        ``postmaster@<identity>``."""
         env = self.envelope
         identity = self.identity or ""
-        sender = env.sender or ""
+        sender = (env.sender or "").strip().strip("<>")
         if not sender or address_domain(sender) != identity:
             sender = f"postmaster@{identity}"
         return await self.engine.spf.check(
-            self.ip_text, sender.strip("<>"), env.helo or identity, budget, self.trace,
-            want_header=self.config.headers.received_spf,
+            self.ip_text, sender, env.helo or identity, self.trace, want_header=self.config.headers.received_spf,
         )
 
     async def ratings(self, record: Record | None) -> tuple[Rating, ...]:
@@ -224,14 +227,16 @@ class Context:
                                    ",".join(map(str, ratings)))]
             if cfg.authentication_results:
                 spf = auth.spf.result.value if auth.spf is not None else None
-                out.append(headers.authentication_results(
-                    self.engine.authserv_id, spf, (self.envelope.sender or "").strip("<>"), self.envelope.helo))
+                out.append(headers.authentication_results(self.engine.authserv_id, spf, self.identity))
             if cfg.received_spf and auth.spf is not None and auth.spf.received_spf:
-                out.append(Header("Received-SPF:", _one_line(auth.spf.received_spf)))
-            hdrs = tuple(out)
-        return Decision(action, code, xcode, _one_line(text), hdrs, stage, reason or auth.result.value.lower(),
+                out.append(Header("Received-SPF:", auth.spf.received_spf))
+            hdrs = tuple(Header(h.label, _one_line(h.text)) for h in out)
+        return Decision(action, code, xcode, _one_line(text), hdrs, stage, reason or _REASON[auth.result],
                         tuple((m, r.value) for m, r in auth.results))
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split()) if ("\r" in text or "\n" in text) else text
+    """No line breaks or other control characters in a reply or header text."""
+    if text.isprintable():
+        return text
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())

@@ -8,6 +8,7 @@ Concurrent identical lookups share one query.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import time
 from collections import Counter
@@ -76,6 +77,15 @@ def _show(record: Any) -> str:
 
 CacheKey = tuple[str, str]
 
+#: the loop time by which the current decision must be done; set by the engine per decision.
+#: Only DNS waits can take long, so the deadline is enforced here, on cache misses, and a
+#: warm decision pays nothing for it.
+DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("checkid_deadline", default=0.0)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The decision ran out of time waiting for DNS."""
+
 
 class DnsClient:
     """One per process (created after a fork): resolve with cache and query sharing."""
@@ -117,7 +127,17 @@ class DnsClient:
             future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
         elif trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: joining a query in flight")
-        answer = await asyncio.shield(future)
+        deadline = DEADLINE.get()
+        if deadline:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise DeadlineExceeded()
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(future), remaining)
+            except TimeoutError:
+                raise DeadlineExceeded() from None
+        else:
+            answer = await asyncio.shield(future)
         if trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
         return answer

@@ -18,7 +18,7 @@ from checkid.engine.cache import Cache, MemoryCache
 from checkid.engine.config import Config
 from checkid.engine.context import Context
 from checkid.engine.decision import Action, Decision, Envelope
-from checkid.engine.dnsclient import DnsClient
+from checkid.engine.dnsclient import DEADLINE, DeadlineExceeded, DnsClient
 from checkid.engine.metrics import Exporter
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
 from checkid.engine.prescreen import IPScreen
@@ -29,8 +29,8 @@ from checkid.engine.trace import Trace
 log = logging.getLogger(__name__)
 
 
-def bad_input(text: str, code: int = 501, xcode: str = "5.5.4", action: Action = Action.REJECT) -> Decision:
-    return Decision(action, code, xcode, text, (), "input", "bad_input")
+def bad_input(text: str, code: int = 501, xcode: str = "5.5.4") -> Decision:
+    return Decision(Action.REJECT, code, xcode, text, (), "input", "bad_input")
 
 
 class Engine:
@@ -83,16 +83,18 @@ class Engine:
             if trace is not None:
                 trace.add("input", ctx.text)
             return ctx
+        token = DEADLINE.set(asyncio.get_running_loop().time() + self.config.dns.decision_timeout)
         try:
-            async with asyncio.timeout(self.config.dns.decision_timeout):
-                decision = await self.policy.current.decide(ctx)
-        except TimeoutError:
+            decision = await self.policy.current.decide(ctx)
+        except DeadlineExceeded:
             decision = ctx.temperror("deadline")
         except Exception:
             self.counts[("policy_errors",)] += 1
             log.exception("policy %s failed for ip=%s id=%s", self.policy.current.path, ctx.ip_text, ctx.identity)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
+        finally:
+            DEADLINE.reset(token)
         if not isinstance(decision, Decision):
             self.counts[("policy_errors",)] += 1
             log.error("policy %s returned %r, not a Decision", self.policy.current.path, type(decision).__name__)
@@ -103,16 +105,16 @@ class Engine:
     def _context(self, env: Envelope, trace: Trace | None) -> Context | Decision:
         """The context for a valid envelope, or the decision that refuses a bad one."""
         if not env.ip:
-            return bad_input("No client address given", 451, "4.3.5", Action.TEMPFAIL)
+            return bad_input("No client address given", 550, "5.7.0")
         ip = validate.parse_ip(env.ip) if len(env.ip) <= 64 else None
         if ip is None:
-            return bad_input(f"Unparseable client address {env.ip[:64]!r}", 451, "4.3.5", Action.TEMPFAIL)
+            return bad_input(f"Unparseable client address {env.ip[:64]!r}", 550, "5.7.0")
         for what, value in (("HELO name", env.helo), ("sender address", env.sender)):
             if value is not None and len(value) > validate.MAX_ADDRESS:
                 return bad_input(f"{what} longer than {validate.MAX_ADDRESS} characters")
         if len(env.rcpts) > validate.MAX_RCPTS or any(len(r) > validate.MAX_ADDRESS for r in env.rcpts):
-            return bad_input("Too many or oversize recipients", 452, "4.5.3", Action.TEMPFAIL)
-        if env.id is not None:
+            return bad_input("Too many or oversize recipients", 552, "5.5.3")
+        if env.id:  # an empty ID is no ID
             identity = validate.domain(env.id) if len(env.id) <= validate.MAX_DOMAIN + 1 else None
             if identity is None:
                 return bad_input(f"Invalid ID {env.id[:80]!r}: not a domain name")

@@ -9,9 +9,9 @@ def authent(ip: str, identity: str | None, method: str, result: str, ratings: st
     return Header("Authent:", f"{ip} {identity or '-'} {method} {result} ratings={ratings}")
 
 
-def authentication_results(authserv_id: str, spf_result: str | None, sender: str, helo: str | None) -> Header:
-    """RFC 8601 ``Authentication-Results`` for the SPF check, when one ran."""
-    if spf_result is None:
+def authentication_results(authserv_id: str, spf_result: str | None, identity: str | None) -> Header:
+    """RFC 8601 ``Authentication-Results`` for the SPF check, when one ran. SPF was checked
+    for the identity's domain, so that domain (validated) is what the header names."""
+    if spf_result is None or identity is None:
         return Header("Authentication-Results:", f"{authserv_id}; none")
-    prop = f"smtp.mailfrom={sender}" if sender else f"smtp.helo={helo or ''}"
-    return Header("Authentication-Results:", f"{authserv_id}; spf={spf_result} {prop}")
+    return Header("Authentication-Results:", f"{authserv_id}; spf={spf_result} smtp.mailfrom={identity}")

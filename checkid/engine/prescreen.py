@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class ListResult:
 CLEAR = ListResult(Verdict.CLEAR)
 
 
+@functools.lru_cache(maxsize=65536)
 def reverse_name(ip: IPAddress) -> str:
     """The DNSBL key: reversed octets for IPv4, reversed nibbles for IPv6 (RFC 5782)."""
     if ip.version == 4:

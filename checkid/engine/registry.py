@@ -178,7 +178,8 @@ def _addresses(value: str, key: str) -> list[ipaddress.IPv4Network | ipaddress.I
     return nets
 
 
-_parsed: cachetools.LRUCache[str, Record | RegistryError] = cachetools.LRUCache(10_000)
+#: parsed records by their TXT data: a warm decision does not parse again
+_parsed: cachetools.LRUCache[tuple[tuple[bytes, ...], ...], Record | RegistryError] = cachetools.LRUCache(10_000)
 
 
 def interpret(answer: DnsAnswer) -> RegistryResult:
@@ -187,14 +188,14 @@ def interpret(answer: DnsAnswer) -> RegistryResult:
         return RegistryResult(RegistryOutcome.TEMPERROR, error=answer.outcome.name)
     if answer.outcome is not Outcome.ANSWER:
         return RegistryResult(RegistryOutcome.NO_RECORD)
-    text = " ".join(b"".join(chunks).decode("ascii", "replace").rstrip("&").strip() for chunks in answer.records)
-    parsed = _parsed.get(text)
+    parsed = _parsed.get(answer.records)
     if parsed is None:
+        text = " ".join(b"".join(chunks).decode("ascii", "replace").rstrip("&").strip() for chunks in answer.records)
         try:
             parsed = parse(text)
         except RegistryError as e:
             parsed = e
-        _parsed[text] = parsed
+        _parsed[answer.records] = parsed
     if isinstance(parsed, RegistryError):
         return RegistryResult(RegistryOutcome.PARSE_ERROR, error=str(parsed))
     return RegistryResult(RegistryOutcome.RECORD, parsed)

@@ -91,6 +91,15 @@ class RecipientThresholds:
             table[key[1:] if key.startswith("@") else key] = values
         return cls(table)
 
+    def key_for(self, rcpt: str) -> str:
+        """The table entry that applies to ``rcpt`` ("" for none): recipients with the same
+        entry share a decision."""
+        address = rcpt.strip("<>").lower()
+        if address in self.table:
+            return address
+        domain = address.rpartition("@")[2]
+        return domain if domain in self.table else ""
+
     def for_recipients(self, defaults: Mapping[str, float], rcpts: Iterable[str]) -> dict[str, float]:
         """``defaults`` overridden for these recipients; with several, the strictest wins."""
         merged = dict(defaults)

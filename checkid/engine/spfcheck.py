@@ -9,8 +9,10 @@ await, and the event loop never waits on DNS inside pyspf.
 pyspf swallows exceptions in a few places (the ``exp=`` fetch uses a bare ``except:``), so
 a miss is also remembered on the session and a run that saw one is never trusted.
 
-Finished results are cached by ``(ip, sender, helo)`` until the earliest expiry of the DNS
-answers the check used; temporary errors are never cached.
+Finished results are cached until the earliest expiry of the DNS answers the check used
+(never when one of them could not be cached, and never a temporary error). The key is
+``(ip, sender domain)`` when no record the check read uses macros, so per-message senders
+(VERP) share one entry; otherwise ``(ip, sender, helo)``.
 """
 from __future__ import annotations
 
@@ -55,23 +57,21 @@ class _Miss(Exception):
 
 
 class _Session:
-    __slots__ = ("client", "now", "answers", "missed", "asked", "budget", "expires", "error")
+    __slots__ = ("client", "now", "answers", "missed", "expires", "error", "macros", "trace")
 
-    def __init__(self, client: DnsClient, now: float, budget: int) -> None:
+    def __init__(self, client: DnsClient, now: float, trace: Trace | None) -> None:
         self.client = client
         self.now = now
         self.answers: dict[tuple[str, str], DnsAnswer] = {}
         self.missed: tuple[str, str] | None = None
-        self.asked: set[tuple[str, str]] = set()
-        self.budget = budget
         self.expires = float("inf")
         self.error = False
+        #: a TXT record read by the check uses macros: the result depends on more than the domain
+        self.macros = False
+        self.trace = trace
 
     def lookup(self, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
         key = (name.lower().rstrip("."), qtype)
-        self.asked.add(key)
-        if len(self.asked) > self.budget:
-            raise spf.PermError(f"DNS query budget of {self.budget} exceeded")
         answer = self.answers.get(key)
         if answer is None:
             entry = self.client.cache.get_entry(key, self.now)
@@ -80,6 +80,10 @@ class _Session:
                 raise _Miss(key)
             answer = entry[0]
             self.expires = min(self.expires, entry[1])
+            if self.trace is not None:
+                self.trace.add("dns", f"{key[0]} {qtype}: {answer.describe()} [cache]")
+        if qtype in ("TXT", "SPF") and any(b"%" in chunk for rec in answer.records for chunk in rec):
+            self.macros = True
         if answer.is_error:
             self.error = True
             raise spf.TempError(f"DNS {answer.outcome.name} for {key[0]} {qtype}")
@@ -123,19 +127,20 @@ class SpfChecker:
         self.max_ttl = max_ttl
         install_hook()
 
-    async def check(self, ip: str, sender: str, helo: str, budget: int = 10,
-                    trace: Trace | None = None, want_header: bool = False) -> SpfOutcome:
+    async def check(self, ip: str, sender: str, helo: str, trace: Trace | None = None,
+                    want_header: bool = False) -> SpfOutcome:
         """Evaluate SPF for ``sender`` (``postmaster@helo`` when empty) from ``ip``."""
-        key = ("spf", ip, sender, helo, budget)
+        domain = (sender or "@" + helo).rpartition("@")[2].lower()
+        generic, specific = ("spf", ip, domain), ("spf", ip, sender, helo)
         now = self.clock()
-        cached: SpfOutcome | None = self.cache.get(key, now)
+        cached: SpfOutcome | None = self.cache.get(generic, now) or self.cache.get(specific, now)
         if cached is not None and (cached.received_spf or not want_header):
             self.counts[("spf_results", cached.result.value)] += 1
             if trace is not None:
                 trace.add("spf", f"{sender or helo} from {ip}: {cached.result.name} [cache]")
             return cached
         global _current
-        session = _Session(self.client, now, budget)
+        session = _Session(self.client, now, trace)
         fetched = 0
         for _ in range(MAX_RUNS):
             q = spf.query(i=ip, s=sender, h=helo, receiver=self.receiver, strict=True)
@@ -153,8 +158,8 @@ class SpfChecker:
             answer = await self.client.resolve(key_missed[0], key_missed[1], trace)
             session.answers[key_missed] = answer
             fetched += 1
-            if answer.ttl:
-                session.expires = min(session.expires, self.clock() + answer.ttl)
+            # an answer that could not be cached (TTL 0) makes the result uncacheable too
+            session.expires = min(session.expires, self.clock() + answer.ttl)
         else:
             result, explanation = "temperror", "SPF evaluation did not converge"
             session.error = True
@@ -166,5 +171,5 @@ class SpfChecker:
         if not session.error and outcome.result is not SpfResult.TEMPERROR:
             expires = min(session.expires, now + self.max_ttl)
             if expires > self.clock():
-                self.cache.put(key, outcome, expires)
+                self.cache.put(specific if session.macros else generic, outcome, expires)
         return outcome

@@ -1,8 +1,6 @@
 """Decisions of the whole pipeline (default policy) against the test DNS data."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from checkid.engine.config import (BlacklistConfig, DnsConfig, DnsList, HeadersConfig, IdentityConfig,
@@ -249,22 +247,22 @@ def test_optional_standard_headers_follow_authent(make_engine):
                                                authserv_id="mx.example.org"))
     d = decide(engine, IP, "example.com", helo="out.example.com", sender="bob@example.com")
     assert [h.label for h in d.headers] == ["Authent:", "Authentication-Results:", "Received-SPF:"]
-    assert d.headers[1].text == "mx.example.org; spf=pass smtp.mailfrom=bob@example.com"
+    assert d.headers[1].text == "mx.example.org; spf=pass smtp.mailfrom=example.com"
     assert d.headers[2].text.startswith("Pass (mx.example.org: domain of example.com designates 192.0.2.1")
 
 
 # -- bad input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("env, action, code", [
-    (Envelope("not-an-ip", "example.com"), Action.TEMPFAIL, 451),
-    (Envelope(None, "example.com"), Action.TEMPFAIL, 451),
-    (Envelope("999.1.1.1", "example.com"), Action.TEMPFAIL, 451),
+    (Envelope("not-an-ip", "example.com"), Action.REJECT, 550),
+    (Envelope(None, "example.com"), Action.REJECT, 550),
+    (Envelope("999.1.1.1", "example.com"), Action.REJECT, 550),
     (Envelope(IP, "bad..example"), Action.REJECT, 501),
     (Envelope(IP, "-x.example"), Action.REJECT, 501),
     (Envelope(IP, "a" * 300 + ".example"), Action.REJECT, 501),
     (Envelope(IP, "example.com", sender="a" * 300 + "@example.com"), Action.REJECT, 501),
     (Envelope(IP, "example.com", helo="h" * 2000), Action.REJECT, 501),
-    (Envelope(IP, "example.com", rcpts=("x@example.org",) * 5000), Action.TEMPFAIL, 452),
+    (Envelope(IP, "example.com", rcpts=("x@example.org",) * 5000), Action.REJECT, 552),
     (Envelope(IP, "exa\r\nmple.com"), Action.REJECT, 501),
 ])
 def test_bad_input_is_a_decision_not_an_exception(make_engine, env, action, code, dns):
@@ -290,6 +288,15 @@ def test_a_policy_that_raises_gives_4xx(make_engine, tmp_path):
     assert engine.counts[("policy_errors",)] == 1
 
 
-def test_config_sections_replace_cleanly():
-    # the fixture helper relies on dataclasses.replace over frozen sections
-    assert dataclasses.replace(PrescreenConfig(), allow=()).dnsbl == PrescreenConfig().dnsbl
+def test_an_empty_id_is_no_id(make_engine):
+    d = decide(make_engine(), IP, "", helo="example.com")
+    assert authent(d).startswith("192.0.2.1 example.com SPF1 PASS")
+
+
+def test_headers_name_the_identity_spf_checked_and_stay_on_one_line(make_engine):
+    engine = make_engine(headers=HeadersConfig(authentication_results=True, received_spf=True,
+                                               authserv_id="mx.example.org"))
+    d = decide(engine, IP, "example.com", helo="out\r\nX-Evil: 1", sender="ceo@paypal.example")
+    assert d.headers[1].text == "mx.example.org; spf=pass smtp.mailfrom=example.com"
+    assert all(h.text.isprintable() for h in d.headers)
+    assert 'envelope-from="postmaster@example.com"' in d.headers[2].text

@@ -114,10 +114,31 @@ def test_spf_servfail_is_temperror(dns):
     assert run(checker(dns).check("192.0.2.1", "a@temp.example", "h.example")).result is SpfResult.TEMPERROR
 
 
-def test_spf_query_budget_turns_into_permerror(dns):
+def test_spf_results_are_shared_by_senders_of_a_domain_unless_records_use_macros(dns):
     ours = checker(dns)
-    assert run(ours.check("192.0.2.11", "a@mxs.example", "h.example", budget=2)).result is SpfResult.PERMERROR
-    assert run(ours.check("192.0.2.11", "a@mxs.example", "h.example", budget=10)).result is SpfResult.PASS
+
+    async def go():
+        a = await ours.check("192.0.2.1", "bounce-123@example.com", "h.example")
+        asked = dns.total
+        b = await ours.check("192.0.2.1", "bounce-456@example.com", "h.example")  # VERP: same entry
+        shared = dns.total == asked
+        c = await ours.check("192.0.2.1", "bob@macro.example", "h.example")    # %{l}: per sender
+        d = await ours.check("192.0.2.1", "eve@macro.example", "h.example")
+        return a, b, shared, c, d
+
+    a, b, shared, c, d = run(go())
+    assert a.result is b.result is SpfResult.PASS and shared
+    assert (c.result, d.result) == (SpfResult.PASS, SpfResult.PERMERROR)  # eve.users.example: no record
+
+
+def test_an_uncacheable_answer_makes_the_result_uncacheable(dns):
+    cache = MemoryCache(100)
+    client = DnsClient(DnsConfig(nameservers=(dns.address,), timeout=0.5, max_negative_ttl=0), cache)
+    ours = SpfChecker(client, cache, client.clock)
+    run(ours.check("192.0.2.1", "a@void.example", "h.example"))  # reads NXDOMAIN answers, TTL 0 now
+    asked = dns.total
+    run(ours.check("192.0.2.1", "a@void.example", "h.example"))
+    assert dns.total > asked
 
 
 def test_spf_result_expires_with_the_dns_answers_it_used(dns):

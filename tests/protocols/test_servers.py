@@ -194,6 +194,34 @@ def test_rpc_garbage_closes_only_that_connection_and_notifications_get_no_answer
     assert run(go()) == (b"", "pong")
 
 
+def test_rpc_half_close_is_answered_then_closed(dns):
+    async def go():
+        server, port = await serving(Engine(base_config(dns)), "msgpack-rpc")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(rpc.encode_request(5, "checkID", ["192.0.2.1", "example.net"]))
+        writer.write_eof()
+        data = await reader.read()
+        await close(writer)
+        server.close()
+        return data
+
+    assert msgpack.unpackb(run(go())) == [
+        1, 5, None, ["REJECT", [550, "5.7.1", "Sending MTA '192.0.2.1' not authorized by 'example.net'"], []]]
+
+
+def test_async_client_calls_fail_once_the_connection_is_gone(dns):
+    async def go():
+        server, port = await serving(Engine(base_config(dns)), "msgpack-rpc")
+        client = await AsyncClient.connect(f"127.0.0.1:{port}")
+        assert await client.call("ping") == "pong"
+        await client.close()
+        with pytest.raises(ConnectionError):
+            await client.call("ping")
+        server.close()
+
+    run(go())
+
+
 def test_sync_client_against_the_server(dns):
     result = {}
 

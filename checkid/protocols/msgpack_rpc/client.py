@@ -33,6 +33,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._parser = RpcParser()
+        self._closed: Exception | None = None
         self._task = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -45,6 +46,8 @@ class AsyncClient:
         return cls(reader, writer)
 
     async def call(self, method: str, *params: Any) -> Any:
+        if self._closed is not None:
+            raise self._closed
         msgid = next(self._ids) & 0xFFFFFFFF
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[msgid] = future
@@ -71,12 +74,19 @@ class AsyncClient:
                                 future.set_result(event.result)
         except (OSError, ProtocolError) as e:
             error = e
+        self._closed = error
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
 
     async def close(self) -> None:
+        if self._closed is None:
+            self._closed = ConnectionError("client closed")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(self._closed)
+        self._waiting.clear()
         self._writer.close()
         try:
             await self._writer.wait_closed()

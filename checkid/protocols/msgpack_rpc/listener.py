@@ -10,4 +10,5 @@ from checkid.protocols.msgpack_rpc.server import RpcProtocol
 
 
 def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
-    return lambda: RpcProtocol(engine)
+    idle = config.server.idle_timeout
+    return lambda: RpcProtocol(engine, idle)

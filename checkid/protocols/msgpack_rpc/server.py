@@ -10,6 +10,7 @@ from typing import Any
 
 from checkid.engine.engine import Engine
 from checkid.engine.errors import ProtocolError
+from checkid.protocols.flow import FlowControl
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,
                                                  RpcParser, encode_response)
 from checkid.protocols.msgpack_rpc.service import RpcError, RpcService
@@ -22,13 +23,14 @@ MAX_IN_FLIGHT = 256
 
 
 class RpcProtocol(asyncio.Protocol):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, idle_timeout: float = 600.0) -> None:
         self.engine = engine
+        self.idle_timeout = idle_timeout
         self.parser = RpcParser()
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.peer = "?"
-        self.paused = False
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
@@ -36,8 +38,11 @@ class RpcProtocol(asyncio.Protocol):
         self.service = RpcService(self.engine, time.perf_counter)
         self.engine.counts[("connections", FRONT)] += 1
         self.engine.open_connections[FRONT] += 1
+        self.flow = FlowControl(transport, self.idle_timeout, MAX_IN_FLIGHT,  # type: ignore[arg-type]
+                                lambda: len(self.tasks), self._idle)
 
     def data_received(self, data: bytes) -> None:
+        self.flow.activity()
         try:
             self.parser.receive_data(data)
         except MessageTooLarge as e:
@@ -55,12 +60,26 @@ class RpcProtocol(asyncio.Protocol):
                 self._send(event.msgid, event.error, None)
             elif isinstance(event, Response):
                 log.debug("%s: ignoring a response sent to the server", self.peer)
-        if self.transport is not None and len(self.tasks) >= MAX_IN_FLIGHT and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        self.flow.update()
+
+    def eof_received(self) -> bool:
+        """The client is done sending: answer what it asked, then close."""
+        self.eof = True
+        return bool(self.tasks)  # False closes now; else _done closes after the last answer
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def _idle(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.engine.open_connections[FRONT] -= 1
+        self.flow.close()
         for task in self.tasks:
             task.cancel()
 
@@ -71,9 +90,10 @@ class RpcProtocol(asyncio.Protocol):
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
-        if self.paused and len(self.tasks) < MAX_IN_FLIGHT and self.transport and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
+        if self.eof and not self.tasks and self.transport is not None:
+            self.transport.close()
+            return
+        self.flow.update()
 
     async def _answer(self, request: Request) -> None:
         try:

@@ -37,8 +37,9 @@ class RequestParser:
 
     def receive_data(self, data: bytes) -> None:
         buf = self._buffer
+        split_crlf = buf.endswith(b"\r")  # a CR at the end of the last chunk may pair with this LF
         buf += data
-        if b"\r" in data or buf.endswith(b"\r"):
+        if split_crlf or b"\r" in data:
             buf[:] = buf.replace(b"\r\n", b"\n")
         start, size = 0, len(buf)
         while True:

@@ -18,4 +18,5 @@ def options(config: Config) -> PolicyOptions:
 
 def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     opts = options(config)
-    return lambda: PolicyProtocol(engine, opts, oneshot=listen.oneshot)
+    idle = config.server.idle_timeout
+    return lambda: PolicyProtocol(engine, opts, oneshot=listen.oneshot, idle_timeout=idle)

@@ -15,6 +15,7 @@ from collections import deque
 
 from checkid.engine.engine import Engine
 from checkid.engine.errors import ProtocolError
+from checkid.protocols.flow import FlowControl
 from checkid.protocols.postfix_policy.codec import RequestParser, encode_reply
 from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
 
@@ -25,8 +26,10 @@ MAX_IN_FLIGHT = 64
 
 
 class PolicyProtocol(asyncio.Protocol):
-    def __init__(self, engine: Engine, options: PolicyOptions, oneshot: bool = False) -> None:
+    def __init__(self, engine: Engine, options: PolicyOptions, oneshot: bool = False,
+                 idle_timeout: float = 600.0) -> None:
         self.engine = engine
+        self.idle_timeout = idle_timeout
         self.options = options
         self.oneshot = oneshot
         self.transport: asyncio.Transport | None = None
@@ -43,11 +46,14 @@ class PolicyProtocol(asyncio.Protocol):
         self.front = "policy-oneshot" if self.oneshot else "policy"
         engine = self.engine
         self.session = PolicySession(lambda env: engine.decide(env, frontend=self.front), self.options,
-                                     time.perf_counter, self.front)
+                                     time.perf_counter, self.front, engine.thresholds.key_for)
         engine.counts[("connections", self.front)] += 1
         engine.open_connections[self.front] += 1
+        self.flow = FlowControl(transport, self.idle_timeout, MAX_IN_FLIGHT,  # type: ignore[arg-type]
+                                lambda: len(self.tasks), self._close)
 
     def data_received(self, data: bytes) -> None:
+        self.flow.activity()
         try:
             self.parser.receive_data(data)
         except ProtocolError as e:
@@ -64,8 +70,15 @@ class PolicyProtocol(asyncio.Protocol):
         self._start_requests()
         return bool(self.tasks)  # keep the write side open until the answers are out
 
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.engine.open_connections[self.front] -= 1
+        self.flow.close()
         for task in self.tasks:
             task.cancel()
         self.tasks.clear()
@@ -78,8 +91,7 @@ class PolicyProtocol(asyncio.Protocol):
             task = asyncio.ensure_future(self.session.answer(request))
             task.add_done_callback(self._flush)
             self.tasks.append(task)
-        if self.transport is not None and len(self.tasks) >= MAX_IN_FLIGHT:
-            self.transport.pause_reading()
+        self.flow.update()
 
     def _flush(self, _task: asyncio.Task[str]) -> None:
         assert self.transport is not None
@@ -97,8 +109,7 @@ class PolicyProtocol(asyncio.Protocol):
             self.transport.write(encode_reply(task.result()))
             if self.oneshot:
                 return self._close()
-        if len(self.tasks) < MAX_IN_FLIGHT and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.flow.update()
         if self.eof and not self.tasks and not self.parser.pending:
             self._close()
 

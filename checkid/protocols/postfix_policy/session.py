@@ -4,7 +4,8 @@ Postfix sends one request per SMTP protocol stage; checkid decides at one stage 
 RCPT) and answers DUNNO at the others. ``instance`` ties the requests of one message: the
 first request of an instance is decided and the decision remembered for the rest of that
 message (a pipelined second request waits for the same decision); a new instance forgets
-it. A remembered PREPEND is answered DUNNO, so a multi-recipient message gets one header.
+it. Recipients with their own reputation thresholds get their own decision. The header is
+prepended once per message: a later PREPEND is answered DUNNO.
 """
 from __future__ import annotations
 
@@ -44,13 +45,18 @@ class PolicySession:
     """Answers the requests of one connection, in the order given to :meth:`answer`."""
 
     def __init__(self, decide: Callable[[Envelope], Awaitable[Decision]], options: PolicyOptions,
-                 clock: Callable[[], float], front: str = "policy") -> None:
+                 clock: Callable[[], float], front: str = "policy",
+                 recipient_class: Callable[[str], str] = lambda rcpt: "") -> None:
         self._decide = decide
         self.options = options
         self._clock = clock
         self._front = front
+        self._class = recipient_class
         self._instance: str | None = None
-        self._decision: asyncio.Future[Decision] | None = None
+        #: this instance's decisions by recipient class
+        self._decisions: dict[str, asyncio.Future[Decision]] = {}
+        #: the instance whose header has been prepended
+        self._prepended: str | None = None
 
     async def answer(self, request: Request) -> str:
         """The action for one request. :raises ProtocolError: when it is not a policy request"""
@@ -59,13 +65,22 @@ class PolicySession:
         if request.get("protocol_state", "").upper() != self.options.decide_at:
             return "DUNNO"
         instance = request.get("instance", "")
-        if instance and instance == self._instance and self._decision is not None:
-            action = render(await self._decision, self.options.replies)
-            return "DUNNO" if action.startswith("PREPEND ") else action
-        env = envelope(request)
-        start = self._clock()
-        self._instance = instance or None
-        self._decision = asyncio.ensure_future(self._decide(env))
-        decision = await self._decision
-        log_decision(self._front, request.get("queue_id", ""), env, decision, self._clock() - start)
-        return render(decision, self.options.replies)
+        if not instance or instance != self._instance:
+            self._instance, self._decisions = instance or None, {}
+        rclass = self._class(request.get("recipient", ""))
+        pending = self._decisions.get(rclass) if instance else None
+        if pending is None:
+            env = envelope(request)
+            start = self._clock()
+            pending = asyncio.ensure_future(self._decide(env))
+            self._decisions[rclass] = pending
+            decision = await pending
+            log_decision(self._front, request.get("queue_id", ""), env, decision, self._clock() - start)
+        else:
+            decision = await pending
+        action = render(decision, self.options.replies)
+        if action.startswith("PREPEND ") and instance:
+            if self._prepended == instance:
+                return "DUNNO"
+            self._prepended = instance
+        return action

@@ -73,8 +73,10 @@ def test_reply_encoding():
 
 
 names = st.text(st.characters(blacklist_characters="=\n\0\r", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+# a CR inside a value is data; one right before the LF is part of a CRLF line end
 values = st.text(st.characters(blacklist_characters="\n\0", blacklist_categories=("Cs",)), max_size=40).filter(
     lambda v: not v.endswith("\r"))
+
 requests = st.dictionaries(names, values, min_size=1, max_size=8)
 
 
@@ -97,3 +99,9 @@ def test_any_bytes_split_anywhere_parse_the_same_or_are_refused(data, cuts):
         except ProtocolError:
             return "refused"
     assert outcome(split(data, cuts)) == outcome([data])
+
+
+@given(st.lists(requests, max_size=4), st.lists(st.integers(0, 10_000), max_size=10))
+def test_crlf_line_ends_split_anywhere(reqs, cuts):
+    data = b"".join(codec.encode_request(r) for r in reqs).replace(b"\n", b"\r\n")
+    assert parse_all(split(data, cuts)) == reqs

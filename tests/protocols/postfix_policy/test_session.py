@@ -1,6 +1,7 @@
 """The session: decide at the configured stage, once per instance."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -30,10 +31,12 @@ def req(state="RCPT", instance="i1", **attrs):
             "client_address": "192.0.2.1", "helo_name": "example.com", "sender": "a@example.com", **attrs}
 
 
-def answers(engine, *requests, options=PolicyOptions()):
-    session = PolicySession(engine.decide, options, time.perf_counter)
+def answers(engine, *requests, options=PolicyOptions(), rclass=lambda r: "", pipelined=False):
+    session = PolicySession(engine.decide, options, time.perf_counter, recipient_class=rclass)
 
     async def go():
+        if pipelined:
+            return list(await asyncio.gather(*(session.answer(r) for r in requests)))
         return [await session.answer(r) for r in requests]
     return run(go())
 
@@ -59,6 +62,21 @@ def test_a_reject_is_repeated_for_every_recipient_and_a_new_instance_decides_aga
     out = answers(engine, req(), req(), req(instance="i2"))
     assert out == ["550 5.7.1 No"] * 3
     assert len(engine.calls) == 2
+
+
+def test_pipelined_requests_of_one_instance_share_one_decision():
+    engine = FakeEngine(ACCEPT)
+    out = answers(engine, req(recipient="a@x"), req(recipient="b@x"), pipelined=True)
+    assert sorted(out) == ["DUNNO", "PREPEND Authent: x"] and len(engine.calls) == 1
+
+
+def test_recipients_with_their_own_thresholds_get_their_own_decision_and_one_header():
+    engine = FakeEngine(ACCEPT)
+    rclass = {"strict@x": "strict@x"}.get
+    out = answers(engine, req(recipient="a@x"), req(recipient="strict@x"), req(recipient="b@x"),
+                  rclass=lambda r: rclass(r, ""))
+    assert out == ["PREPEND Authent: x", "DUNNO", "DUNNO"]
+    assert [e.rcpts for e in engine.calls] == [("a@x",), ("strict@x",)]
 
 
 def test_decide_at_another_stage():

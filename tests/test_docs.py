@@ -1,0 +1,17 @@
+"""The guides hold exactly what the integration tests run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_exim_guide_holds_the_tested_configuration():
+    assert (ROOT / "tests" / "data" / "exim.conf").read_text() in (ROOT / "docs" / "exim.md").read_text()
+
+
+def test_postfix_guide_holds_the_tested_restrictions():
+    guide = (ROOT / "docs" / "postfix.md").read_text()
+    test = (ROOT / "tests" / "integration" / "test_postfix_policy.py").read_text()
+    assert "reject_unauth_destination, check_policy_service inet:127.0.0.1:{policy_port}" in test
+    assert "    reject_unauth_destination,\n    check_policy_service inet:127.0.0.1:10030" in guide
