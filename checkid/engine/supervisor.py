@@ -360,6 +360,7 @@ def reopen_logs() -> None:
                 handler.stream = handler._open()
             finally:
                 handler.release()
+            log.info("log reopened")
 
 
 def serve(config: Config, config_path: str | None) -> int:

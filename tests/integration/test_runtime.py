@@ -277,3 +277,61 @@ def test_metrics_sum_the_counters_of_all_workers(dns_server, workdir):
         assert metrics["checkid_connections_total{frontend=policy}"] == 41  # and the readiness probe
         body = urllib.request.urlopen(f"http://127.0.0.1:{checkid.metrics_port}/healthz", timeout=10).read()
         assert body == b"ok\n"
+
+
+def test_a_restarted_daemon_answers_from_the_cache_it_had(dns_server, dns, workdir):
+    with daemon(dns_server, workdir) as checkid:
+        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        assert ask(checkid.port).startswith("PREPEND Authent:")
+    asked = dns.total
+    with daemon(dns_server, workdir) as checkid:  # same state_dir
+        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        assert ask(checkid.port).startswith("PREPEND Authent: 192.0.2.1 example.com SPF1 PASS")
+    assert dns.total == asked
+
+
+def test_privileges_are_dropped_and_unix_sockets_get_their_mode(dns_server, workdir):
+    import grp
+    import pwd
+    import stat
+
+    sock = workdir / "policy.sock"
+    nobody = pwd.getpwnam("nobody")
+    checkid = daemon(dns_server, workdir, extra=f'[[listen]]\nprotocol = "policy"\naddress = "unix:{sock}"\n'
+                                                 f'mode = "0660"\ngroup = "nogroup"\n')
+    checkid.config.write_text(checkid.config.read_text().replace(
+        "[server]\n", '[server]\nuser = "nobody"\ngroup = "nogroup"\n'))
+    with checkid:
+        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        st = os.stat(sock)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("nogroup").gr_gid
+        for pid in [checkid.proc.pid, *worker_pids(checkid)]:
+            uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:2]
+            assert [int(u) for u in uids] == [nobody.pw_uid, nobody.pw_uid]
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(sock))
+            s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                                          "client_address": "192.0.2.1", "helo_name": "example.com"}))
+            assert s.recv(4096).startswith(b"action=PREPEND Authent:")
+        for _ in range(10):  # both workers, as nobody, read and write the shared cache
+            assert ask(checkid.port).startswith("PREPEND Authent:")
+        assert "shared cache write failed" not in checkid.log.read_text()
+
+
+def test_sigusr1_reopens_the_log_file(dns_server, workdir):
+    log_file = workdir / "checkid.log.live"
+    checkid = daemon(dns_server, workdir)
+    checkid.config.write_text(checkid.config.read_text().replace("[server]\n", f'[server]\nlog_file = "{log_file}"\n'))
+    with checkid:
+        eventually(lambda: log_file.exists() and len(re.findall("worker . serving", log_file.read_text())) == 2,
+                   what="workers logging to the file")
+        rotated = workdir / "checkid.log.1"
+        log_file.rename(rotated)  # as logrotate does
+        checkid.proc.send_signal(signal.SIGUSR1)
+        eventually(lambda: log_file.exists() and log_file.read_text().count("log reopened") == 3,
+                   what="master and both workers reopened")
+        for _ in range(20):
+            ask(checkid.port)
+        eventually(lambda: log_file.read_text().count("checkid.decision") == 20, what="decisions in the new file")
+        assert "checkid.decision" not in rotated.read_text()
