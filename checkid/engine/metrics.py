@@ -10,7 +10,6 @@ decision pays no mmap write for them. Latency histograms are observed directly.
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -43,9 +42,12 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 
 
 def prepare_dir(path: str) -> None:
-    """Create an empty metrics directory and point prometheus_client at it."""
-    shutil.rmtree(path, ignore_errors=True)
-    Path(path).mkdir(parents=True, mode=0o755)
+    """Empty the metrics directory of the last run's files and point prometheus_client at
+    it. Only ``*.db`` metric files are removed, whatever directory is configured."""
+    directory = Path(path)
+    directory.mkdir(parents=True, mode=0o755, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 

@@ -51,3 +51,14 @@ def test_serve_refuses_a_bad_configuration_naming_the_key(tmp_path):
     out = subprocess.run([sys.executable, "-m", "checkid", "serve", "-c", str(bad)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0 and "listen[0].protocol" in out.stderr
+
+
+def test_serve_refuses_a_policy_that_does_not_load(tmp_path):
+    policy = tmp_path / "policy.py"
+    policy.write_text("import no_such_module\nasync def decide(ctx): pass\n")
+    conf = tmp_path / "checkid.toml"
+    conf.write_text(f'[policy]\npath = "{policy}"\n[server]\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'[[listen]]\nprotocol = "policy"\naddress = "127.0.0.1:{free_port()}"\n[metrics]\naddress = ""\n')
+    out = subprocess.run([sys.executable, "-m", "checkid", "serve", "-c", str(conf)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr
