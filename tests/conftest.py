@@ -57,3 +57,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one coroutine on a fresh uvloop loop, as a worker would, bounded in time."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(asyncio.wait_for(coro, RUN_SECONDS))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given points (taken modulo its length): for split-anywhere tests."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[i:j] for i, j in zip([0] + points, points + [len(data)])]

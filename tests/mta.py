@@ -15,7 +15,28 @@ from tests.processes import wait_for_port, world_readable_tmpdir
 POSTFIX_DIR = Path("/etc/postfix")
 
 
-class Postfix:
+class Throwaway:
+    """A started-then-stopped MTA instance: ``with Postfix(...) as mta:``; a failed start
+    still cleans up."""
+
+    def start(self) -> "Throwaway":
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Postfix(Throwaway):
     """A private Postfix 3.7: its own config and queue, smtpd on 127.0.0.1:port, mail kept
     queued (``defer_transports = smtp``), XCLIENT allowed from loopback so tests can speak
     for any client address."""
@@ -85,21 +106,12 @@ class Postfix:
         subprocess.run(["postfix", "-c", str(self.etc), "abort"], capture_output=True, timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Postfix":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 EXIM = Path(__file__).resolve().parent.parent / ".mta" / "exim" / "usr" / "sbin" / "exim4"
 
 
-class Exim:
+class Exim(Throwaway):
     """A private Exim 4.96 daemon (unpacked by scripts/mta-deps) on 127.0.0.1:port with its
     own configuration, spool and logs; accepted mail stays in its queue (``queue_only``)."""
 
@@ -144,13 +156,3 @@ class Exim:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "Exim":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from checkid.engine.errors import ProtocolError
+from tests.conftest import split
 from checkid.protocols.msgpack_rpc import codec
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,
                                                  RpcParser)
@@ -69,11 +70,6 @@ messages = st.one_of(
     st.builds(lambda i, e, r: codec.encode_response(i, e, r), st.integers(0, 2**32 - 1),
               st.one_of(st.none(), st.text(max_size=10)), st.lists(st.text(max_size=10), max_size=3)),
 )
-
-
-def split(data, cuts):
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[i:j] for i, j in zip([0] + points, points + [len(data)])]
 
 
 @given(st.lists(messages, max_size=6), st.lists(st.integers(0, 10_000), max_size=10))

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from checkid.engine.errors import ProtocolError
+from tests.conftest import split
 from checkid.protocols.postfix_policy import codec
 from checkid.protocols.postfix_policy.codec import RequestParser
 
@@ -78,11 +79,6 @@ values = st.text(st.characters(blacklist_characters="\n\0", blacklist_categories
     lambda v: not v.endswith("\r"))
 
 requests = st.dictionaries(names, values, min_size=1, max_size=8)
-
-
-def split(data, cuts):
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[i:j] for i, j in zip([0] + points, points + [len(data)])]
 
 
 @given(st.lists(requests, max_size=5), st.lists(st.integers(0, 10_000), max_size=10))
