@@ -138,7 +138,7 @@ class HeadersConfig:
 class ListenConfig:
     """One listener: a protocol on a TCP address or a unix socket."""
 
-    protocol: Literal["policy", "msgpack-rpc"]
+    protocol: Literal["policy", "msgpack-rpc", "milter"]
     #: ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH``
     address: str
     #: policy only: answer one request per connection, then close (Exim ``${readsocket}``)
@@ -159,6 +159,17 @@ class PostfixPolicyConfig:
     filter: str = "prepend"
     #: TEMPFAIL: the 4xx ``reply``, or ``defer_if_permit``
     tempfail: Literal["reply", "defer_if_permit"] = "reply"
+
+
+@dataclass(frozen=True, slots=True)
+class MilterConfig:
+    #: decide at MAIL FROM, or at the first RCPT TO (recipients with their own thresholds
+    #: are always checked at RCPT)
+    decide_at: Literal["MAIL", "RCPT"] = "MAIL"
+    #: quarantine FILTERed mail with this reason (Postfix: hold queue); "" = do not
+    quarantine: str = ""
+    #: seconds between PROGRESS packets while a decision at end of message is pending
+    progress_interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +223,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     metrics: MetricsConfig = MetricsConfig()
     postfix_policy: PostfixPolicyConfig = PostfixPolicyConfig()
+    milter: MilterConfig = MilterConfig()
     dns: DnsConfig = DnsConfig()
     registry: RegistryConfig = RegistryConfig()
     identity: IdentityConfig = IdentityConfig()
@@ -345,6 +357,8 @@ def _check(config: Config) -> None:
     for name in ("grace", "heartbeat_timeout", "idle_timeout"):
         if getattr(server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
+    if not 0.5 <= config.milter.progress_interval <= 60:
+        raise ConfigError("milter.progress_interval: must be 0.5 to 60 seconds")
     if config.cache.size_mb < 1:
         raise ConfigError("cache.size_mb: must be at least 1")
     if not 0.1 <= config.policy.reload_interval <= 3600:

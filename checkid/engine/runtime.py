@@ -13,6 +13,7 @@ from checkid.engine.engine import Engine
 PROTOCOLS = {
     "policy": "checkid.protocols.postfix_policy.listener:factory",
     "msgpack-rpc": "checkid.protocols.msgpack_rpc.listener:factory",
+    "milter": "checkid.protocols.milter.listener:factory",
 }
 
 

@@ -1,0 +1,1 @@
+"""The Sendmail/Postfix milter protocol, version 6 (reference/milter.md)."""

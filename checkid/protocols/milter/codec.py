@@ -1,0 +1,219 @@
+"""Milter framing and payloads. This module does no I/O.
+
+Every packet is ``uint32 length`` (counting the command byte) + command byte + payload;
+strings are NUL-terminated (reference/milter.md §1). :class:`CommandParser` turns an MTA's
+byte stream (split or coalesced anywhere) into command events; :func:`encode_response`
+renders our answers. The opposite directions (:func:`encode_command`,
+:class:`ResponseParser`) serve tests, benchmarks and round-trip properties.
+"""
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from checkid.engine.errors import ProtocolError
+from checkid.protocols.milter.events import (Abort, Body, Command, Connect, Data, EndOfHeaders, EndOfMessage,
+                                             Header, Helo, InsertHeader, AddHeader, Macro, Mail, OptNeg,
+                                             OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplyCode,
+                                             Response, Unknown, Verdict)
+
+#: Postfix sends a header of up to header_size_limit (100 KiB) in one packet; accept 1 MiB
+MAX_PACKET = 1024 * 1024
+_LEN = struct.Struct("!I")
+_OPTNEG = struct.Struct("!III")
+
+
+class Framer:
+    """Splits a stream into (code, payload) packets, refusing absurd lengths."""
+
+    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+        self.max_packet = max_packet
+        self._buffer = bytearray()
+        self._packets: deque[tuple[bytes, bytes]] = deque()
+
+    def feed(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        start = 0
+        while len(buf) - start >= 4:
+            (length,) = _LEN.unpack_from(buf, start)
+            if length == 0 or length > self.max_packet:
+                raise ProtocolError(f"milter packet length {length} out of range 1..{self.max_packet}")
+            if len(buf) - start - 4 < length:
+                break
+            body = bytes(buf[start + 4:start + 4 + length])
+            self._packets.append((body[:1], body[1:]))
+            start += 4 + length
+        del buf[:start]
+
+    def next_packet(self) -> tuple[bytes, bytes] | None:
+        return self._packets.popleft() if self._packets else None
+
+
+def frame(code: bytes, payload: bytes = b"") -> bytes:
+    return _LEN.pack(len(payload) + 1) + code + payload
+
+
+def _strings(payload: bytes, what: str) -> list[str]:
+    """The NUL-terminated strings of a payload (the last one must be terminated)."""
+    if payload and not payload.endswith(b"\0"):
+        raise ProtocolError(f"{what}: string not NUL-terminated")
+    return [s.decode("utf-8", "surrogateescape") for s in payload[:-1].split(b"\0")] if payload else []
+
+
+def decode_command(code: bytes, payload: bytes) -> Command:
+    """One MTA packet as an event. :raises ProtocolError: on an unknown code or bad payload"""
+    if code == b"O":
+        if len(payload) < 12:
+            raise ProtocolError("OPTNEG shorter than 12 bytes")
+        return OptNeg(*_OPTNEG.unpack_from(payload))
+    if code == b"D":
+        if not payload:
+            raise ProtocolError("MACRO without a stage")
+        items = _strings(payload[1:], "MACRO")
+        if len(items) % 2:
+            items.append("")  # a name with no value: libmilter takes it as empty
+        return Macro(payload[:1], tuple(zip(items[::2], items[1::2])))
+    if code == b"C":
+        end = payload.find(b"\0")
+        if end < 0 or len(payload) < end + 2:
+            raise ProtocolError("CONNECT without hostname and family")
+        host = payload[:end].decode("utf-8", "surrogateescape")
+        family = chr(payload[end + 1])
+        rest = payload[end + 2:]
+        if family == "U":
+            return Connect(host, family)
+        if len(rest) < 3:
+            raise ProtocolError("CONNECT without port and address")
+        (port,) = struct.unpack_from("!H", rest)
+        address = _strings(rest[2:], "CONNECT address")
+        return Connect(host, family, port, address[0] if address else "")
+    if code in (b"H", b"U"):
+        strings = _strings(payload, "HELO" if code == b"H" else "UNKNOWN")
+        text = strings[0] if strings else ""
+        return Helo(text) if code == b"H" else Unknown(text)
+    if code in (b"M", b"R"):
+        args = tuple(_strings(payload, "MAIL/RCPT"))
+        if not args:
+            raise ProtocolError("MAIL/RCPT without an address")
+        return Mail(args) if code == b"M" else Rcpt(args)
+    if code == b"L":
+        strings = _strings(payload, "HEADER")
+        if len(strings) != 2:
+            raise ProtocolError("HEADER is not name and value")
+        return Header(strings[0], strings[1])
+    simple = {b"T": Data, b"N": EndOfHeaders, b"A": Abort, b"Q": Quit, b"K": QuitNoClose}
+    if code in simple:
+        return simple[code]()
+    if code == b"B":
+        return Body(payload)
+    if code == b"E":
+        return EndOfMessage(payload)
+    raise ProtocolError(f"unknown milter command {code!r}")
+
+
+class CommandParser:
+    """MTA bytes in, command events out."""
+
+    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+        self._framer = Framer(max_packet)
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.feed(data)
+
+    def next_event(self) -> Command | None:
+        packet = self._framer.next_packet()
+        return None if packet is None else decode_command(*packet)
+
+
+def _z(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def encode_response(response: Response) -> bytes:
+    if isinstance(response, Verdict):
+        return frame(response.code)
+    if isinstance(response, ReplyCode):
+        return frame(b"y", _z(response.text))
+    if isinstance(response, InsertHeader):
+        return frame(b"i", _LEN.pack(response.index) + _z(response.name) + _z(response.value))
+    if isinstance(response, AddHeader):
+        return frame(b"h", _z(response.name) + _z(response.value))
+    if isinstance(response, Quarantine):
+        return frame(b"q", _z(response.reason))
+    if isinstance(response, OptNegReply):
+        lists = b"".join(_LEN.pack(stage) + _z(names) for stage, names in response.macros)
+        return frame(b"O", _OPTNEG.pack(response.version, response.actions, response.protocol) + lists)
+    raise TypeError(f"not a milter response: {response!r}")
+
+
+def encode_command(command: Command) -> bytes:
+    """An MTA's packet for ``command`` (tests, benchmarks, load)."""
+    if isinstance(command, OptNeg):
+        return frame(b"O", _OPTNEG.pack(command.version, command.actions, command.protocol))
+    if isinstance(command, Macro):
+        return frame(b"D", command.stage + b"".join(_z(n) + _z(v) for n, v in command.macros))
+    if isinstance(command, Connect):
+        tail = b"" if command.family == "U" else struct.pack("!H", command.port) + _z(command.address)
+        return frame(b"C", _z(command.hostname) + command.family.encode() + tail)
+    if isinstance(command, Helo):
+        return frame(b"H", _z(command.name))
+    if isinstance(command, Unknown):
+        return frame(b"U", _z(command.command))
+    if isinstance(command, (Mail, Rcpt)):
+        return frame(b"M" if isinstance(command, Mail) else b"R", b"".join(_z(a) for a in command.args))
+    if isinstance(command, Header):
+        return frame(b"L", _z(command.name) + _z(command.value))
+    if isinstance(command, Body):
+        return frame(b"B", command.chunk)
+    if isinstance(command, EndOfMessage):
+        return frame(b"E", command.chunk)
+    codes = {Data: b"T", EndOfHeaders: b"N", Abort: b"A", Quit: b"Q", QuitNoClose: b"K"}
+    return frame(codes[type(command)])
+
+
+class ResponseParser:
+    """Milter bytes in, response events out (the MTA's side, for tests and load)."""
+
+    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+        self._framer = Framer(max_packet)
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.feed(data)
+
+    def next_event(self) -> Response | None:
+        packet = self._framer.next_packet()
+        if packet is None:
+            return None
+        code, payload = packet
+        if code == b"O":
+            if len(payload) < 12:
+                raise ProtocolError("OPTNEG reply shorter than 12 bytes")
+            version, actions, protocol = _OPTNEG.unpack_from(payload)
+            lists, rest = [], payload[12:]
+            while rest:
+                if len(rest) < 5:
+                    raise ProtocolError("truncated macro list")
+                (stage,) = _LEN.unpack_from(rest)
+                end = rest.find(b"\0", 4)
+                if end < 0:
+                    raise ProtocolError("macro list not NUL-terminated")
+                lists.append((stage, rest[4:end].decode()))
+                rest = rest[end + 1:]
+            return OptNegReply(version, actions, protocol, tuple(lists))
+        if code in (b"c", b"a", b"r", b"t", b"d", b"s", b"p"):
+            return Verdict(code)
+        if code == b"y":
+            return ReplyCode(_strings(payload, "REPLYCODE")[0])
+        if code == b"i":
+            if len(payload) < 4:
+                raise ProtocolError("INSHEADER without index")
+            (index,) = _LEN.unpack_from(payload)
+            name, value = _strings(payload[4:], "INSHEADER")
+            return InsertHeader(index, name, value)
+        if code == b"h":
+            name, value = _strings(payload, "ADDHEADER")
+            return AddHeader(name, value)
+        if code == b"q":
+            return Quarantine(_strings(payload, "QUARANTINE")[0])
+        raise ProtocolError(f"unknown milter response {code!r}")

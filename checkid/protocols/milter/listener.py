@@ -1,0 +1,17 @@
+"""The milter listener's factory, for the runtime."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from checkid.engine.config import Config, ListenConfig
+from checkid.engine.engine import Engine
+from checkid.protocols.milter.server import MilterProtocol
+from checkid.protocols.milter.session import MilterOptions
+
+
+def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+    m = config.milter
+    options = MilterOptions(m.decide_at, m.quarantine, m.progress_interval)
+    idle = config.server.idle_timeout
+    return lambda: MilterProtocol(engine, options, idle)
