@@ -156,3 +156,61 @@ class Exim(Throwaway):
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+SENDMAIL_ROOT = Path(__file__).resolve().parent.parent / ".mta" / "sendmail"
+
+
+class Sendmail(Throwaway):
+    """A private Sendmail 8.17 daemon (unpacked by scripts/mta-deps) on [::1]:port, built
+    from ``tests/data/sendmail.mc``, with checkid as its milter. Mail stays queued.
+
+    It runs in a private mount namespace whose /etc/hosts gives the machine a fully qualified
+    name (Sendmail waits 60 s without one) and whose /etc/resolv.conf points at loopback;
+    its service switch uses files only, so it sends no DNS query anywhere."""
+
+    def __init__(self, port: int, milter_port: int) -> None:
+        self.port = port
+        self.milter_port = milter_port
+        self.root = world_readable_tmpdir("checkid-sendmail-")
+        self.queue = self.root / "queue"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Sendmail":
+        self.queue.mkdir(mode=0o700)
+        (self.root / "service.switch").write_text("hosts files\naliases files\n")
+        (self.root / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        hostname = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() or "localhost"
+        (self.root / "hosts").write_text(f"127.0.0.1 {hostname}.checkid.test {hostname} localhost\n::1 localhost\n")
+        mc = (Path(__file__).parent / "data" / "sendmail.mc").read_text()
+        for key, value in (("@ROOT@", str(self.root)), ("@PORT@", str(self.port)),
+                           ("@MILTER@", str(self.milter_port)), ("@DOMAIN@", f"{hostname}.checkid.test")):
+            mc = mc.replace(key, value)
+        (self.root / "lab.mc").write_text(mc)
+        cf_dir = SENDMAIL_ROOT / "usr" / "share" / "sendmail" / "cf"
+        with open(self.root / "lab.cf", "w") as cf:
+            subprocess.run([str(SENDMAIL_ROOT / "usr" / "bin" / "m4"), f"-D_CF_DIR_={cf_dir}/",
+                            str(cf_dir / "m4" / "cf.m4"), str(self.root / "lab.mc")],
+                           stdout=cf, stderr=subprocess.DEVNULL, check=True)
+        binary = SENDMAIL_ROOT / "usr" / "libexec" / "sendmail" / "sendmail"
+        script = (f"mount --bind {self.root}/hosts /etc/hosts && mount --bind {self.root}/resolv.conf "
+                  f"/etc/resolv.conf && exec {binary} -C {self.root}/lab.cf -bD -odq")
+        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc, host="::1")
+        return self
+
+    def headers(self, queue_id: str) -> list[str]:
+        """The header lines of a queued message, in order (``H??Name: value`` in its qf file)."""
+        qf = (self.queue / f"qf{queue_id}").read_text(errors="replace")
+        return [re.sub(r"^H\?[^?]*\?", "", line) for line in qf.splitlines() if line.startswith("H")]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)

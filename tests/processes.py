@@ -20,18 +20,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, seconds: float = READY_SECONDS) -> None:
-    """Return once 127.0.0.1:port accepts connections; bounded in time."""
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, seconds: float = READY_SECONDS,
+                  host: str = "127.0.0.1") -> None:
+    """Return once host:port accepts connections; bounded in time."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds:.0f} s")
+    raise TimeoutError(f"nothing listening on {host}:{port} after {seconds:.0f} s")
 
 
 def world_readable_tmpdir(prefix: str) -> Path:

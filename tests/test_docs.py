@@ -25,3 +25,10 @@ def test_postfix_guide_holds_the_tested_milter_settings():
         assert line in test
     for line in ("smtpd_milters = inet:127.0.0.1:10033", "milter_protocol = 6", "milter_default_action = tempfail"):
         assert line in guide
+
+
+def test_sendmail_guide_holds_the_tested_mc_line():
+    mc = (ROOT / "tests" / "data" / "sendmail.mc").read_text()
+    tested = next(line for line in mc.splitlines() if line.startswith("INPUT_MAIL_FILTER"))
+    guide = (ROOT / "docs" / "sendmail.md").read_text()
+    assert tested.replace("@MILTER@", "10033") in guide
