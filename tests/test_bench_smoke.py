@@ -20,3 +20,11 @@ def test_runtime_benchmark_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| warm") or line.startswith("| upstream")]
     assert len(rows) == 4 and all("0 errors" in r for r in rows[:2])
+
+
+def test_milter_benchmark_runs():
+    out = subprocess.run([sys.executable, "-m", "bench.milter", "--seconds", "1", "--connections", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| null") or line.startswith("| checkid")]
+    assert len(rows) == 3 and all("| 0 |" in r for r in rows)
