@@ -12,10 +12,11 @@ import struct
 from collections import deque
 
 from checkid.engine.errors import ProtocolError
-from checkid.protocols.milter.events import (Abort, Body, Command, Connect, Data, EndOfHeaders, EndOfMessage,
-                                             Header, Helo, InsertHeader, AddHeader, Macro, Mail, OptNeg,
-                                             OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplyCode,
-                                             Response, Unknown, Verdict)
+from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
+                                             ChangeHeader, Command, Connect, Data, DeleteRecipient, EndOfHeaders,
+                                             EndOfMessage, Header, Helo, InsertHeader, Macro, Mail, OptNeg,
+                                             OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplaceBody,
+                                             ReplyCode, Response, Unknown, Verdict)
 
 #: Postfix sends a header of up to header_size_limit (100 KiB) in one packet; accept 1 MiB
 MAX_PACKET = 1024 * 1024
@@ -141,6 +142,18 @@ def encode_response(response: Response) -> bytes:
         return frame(b"h", _z(response.name) + _z(response.value))
     if isinstance(response, Quarantine):
         return frame(b"q", _z(response.reason))
+    if isinstance(response, ChangeHeader):
+        return frame(b"m", _LEN.pack(response.index) + _z(response.name) + _z(response.value))
+    if isinstance(response, AddRecipient):
+        if response.args is None:
+            return frame(b"+", _z(response.rcpt))
+        return frame(b"2", _z(response.rcpt) + _z(response.args))
+    if isinstance(response, DeleteRecipient):
+        return frame(b"-", _z(response.rcpt))
+    if isinstance(response, ChangeFrom):
+        return frame(b"e", _z(response.sender) + (b"" if response.args is None else _z(response.args)))
+    if isinstance(response, ReplaceBody):
+        return frame(b"b", response.chunk)
     if isinstance(response, OptNegReply):
         lists = b"".join(_LEN.pack(stage) + _z(names) for stage, names in response.macros)
         return frame(b"O", _OPTNEG.pack(response.version, response.actions, response.protocol) + lists)
@@ -201,7 +214,7 @@ class ResponseParser:
                 lists.append((stage, rest[4:end].decode()))
                 rest = rest[end + 1:]
             return OptNegReply(version, actions, protocol, tuple(lists))
-        if code in (b"c", b"a", b"r", b"t", b"d", b"s", b"p"):
+        if code in VERDICT_CODES:
             return Verdict(code)
         if code == b"y":
             return ReplyCode(_strings(payload, "REPLYCODE")[0])
@@ -216,4 +229,22 @@ class ResponseParser:
             return AddHeader(name, value)
         if code == b"q":
             return Quarantine(_strings(payload, "QUARANTINE")[0])
+        if code == b"m":
+            if len(payload) < 4:
+                raise ProtocolError("CHGHEADER without index")
+            (index,) = _LEN.unpack_from(payload)
+            name, value = _strings(payload[4:], "CHGHEADER")
+            return ChangeHeader(index, name, value)
+        if code in (b"+", b"2", b"-", b"e"):
+            strings = _strings(payload, "recipient/sender change")
+            if not strings or len(strings) > 2:
+                raise ProtocolError(f"response {code!r}: want an address and optional arguments")
+            args = strings[1] if len(strings) == 2 else None
+            if code == b"-":
+                return DeleteRecipient(strings[0])
+            if code == b"e":
+                return ChangeFrom(strings[0], args)
+            return AddRecipient(strings[0], args if code == b"2" else None)
+        if code == b"b":
+            return ReplaceBody(payload)
         raise ProtocolError(f"unknown milter response {code!r}")

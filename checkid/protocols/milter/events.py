@@ -198,7 +198,41 @@ class Quarantine:
     reason: str
 
 
-Response = OptNegReply | Verdict | ReplyCode | InsertHeader | AddHeader | Quarantine
+@dataclass(frozen=True, slots=True)
+class ChangeHeader:
+    """``m``: the index-th header of that name (1-based); an empty value deletes it."""
+
+    index: int
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddRecipient:
+    """``+``, or ``2`` with ESMTP arguments (one space-separated string)."""
+
+    rcpt: str
+    args: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRecipient:
+    rcpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeFrom:
+    sender: str
+    args: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceBody:
+    chunk: bytes
+
+
+Response = (OptNegReply | Verdict | ReplyCode | InsertHeader | AddHeader | Quarantine | ChangeHeader
+            | AddRecipient | DeleteRecipient | ChangeFrom | ReplaceBody)
 
 CONTINUE = Verdict(b"c")
 ACCEPT = Verdict(b"a")
@@ -207,3 +241,7 @@ TEMPFAIL = Verdict(b"t")
 DISCARD = Verdict(b"d")
 SKIP = Verdict(b"s")
 PROGRESS = Verdict(b"p")
+#: Postfix only: 421 and hang up (a portable form is ReplyCode("421 ..."))
+SHUTDOWN = Verdict(b"4")
+#: verdict codes; "f" (CONN_FAIL) is defined by libmilter but implemented by no MTA
+VERDICT_CODES = (b"c", b"a", b"r", b"t", b"d", b"s", b"p", b"4", b"f")

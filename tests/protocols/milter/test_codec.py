@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 
 from checkid.engine.errors import ProtocolError
 from checkid.protocols.milter import codec
-from checkid.protocols.milter.events import (Abort, AddHeader, Body, Connect, Data, EndOfHeaders, EndOfMessage,
-                                             Header, Helo, InsertHeader, Macro, Mail, OptNeg, OptNegReply,
-                                             Quarantine, Quit, QuitNoClose, Rcpt, ReplyCode, Unknown, Verdict)
+from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
+                                             ChangeHeader, Connect, Data, DeleteRecipient, EndOfHeaders,
+                                             EndOfMessage, Header, Helo, InsertHeader, Macro, Mail, OptNeg,
+                                             OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplaceBody,
+                                             ReplyCode, Unknown, Verdict)
 from tests.conftest import split
 
 
@@ -84,9 +86,12 @@ command_events = st.one_of(
 response_events = st.one_of(
     st.builds(OptNegReply, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
               st.lists(st.tuples(st.integers(0, 6), text.filter(bool)), max_size=3).map(tuple)),
-    st.sampled_from([Verdict(c) for c in (b"c", b"a", b"r", b"t", b"d", b"s", b"p")]),
+    st.sampled_from([Verdict(c) for c in VERDICT_CODES]),
     st.builds(ReplyCode, text), st.builds(InsertHeader, st.integers(0, 2**32 - 1), text, text),
     st.builds(AddHeader, text, text), st.builds(Quarantine, text),
+    st.builds(ChangeHeader, st.integers(0, 2**32 - 1), text, text),
+    st.builds(AddRecipient, text, st.one_of(st.none(), text)), st.builds(DeleteRecipient, text),
+    st.builds(ChangeFrom, text, st.one_of(st.none(), text)), st.builds(ReplaceBody, st.binary(max_size=50)),
 )
 
 
