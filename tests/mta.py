@@ -15,6 +15,17 @@ from tests.processes import wait_for_port, world_readable_tmpdir
 POSTFIX_DIR = Path("/etc/postfix")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Throwaway:
     """A started-then-stopped MTA instance: ``with Postfix(...) as mta:``; a failed start
     still cleans up."""
@@ -148,13 +159,7 @@ class Exim(Throwaway):
         return log.read_text() if log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -206,11 +211,5 @@ class Sendmail(Throwaway):
         return [re.sub(r"^H\?[^?]*\?", "", line) for line in qf.splitlines() if line.startswith("H")]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
