@@ -279,7 +279,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if origin is Literal:
         allowed = typing.get_args(tp)

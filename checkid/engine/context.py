@@ -114,7 +114,7 @@ class Context:
         if record.stop:
             self.log("methods", "opt=stop:all: no server may use this ID")
             return Auth(Result.FAIL, "STOP", (("STOP", Result.FAIL),))
-        offered = [("QR1", 0)] if record.addresses is not None else []
+        offered: list[tuple[str, int | None]] = [("QR1", 0)] if record.addresses is not None else []
         offered += [(m.name, m.cost) for m in record.methods]
         plan = sorted(
             ((method_list[name][0], pos, name, cost) for pos, (name, cost) in enumerate(offered) if name in method_list),

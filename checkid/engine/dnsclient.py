@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,7 +125,7 @@ class DnsClient:
         if future is None:
             future = asyncio.ensure_future(self._lookup(key))
             self._inflight[key] = future
-            future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            future.add_done_callback(functools.partial(self._landed, key))
         elif trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: joining a query in flight")
         deadline = DEADLINE.get()
@@ -141,6 +142,9 @@ class DnsClient:
         if trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
         return answer
+
+    def _landed(self, key: CacheKey, _future: object) -> None:
+        self._inflight.pop(key, None)
 
     async def _lookup(self, key: CacheKey) -> DnsAnswer:
         name, rdtype = key

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from checkid.engine import config as config_mod
 from checkid.engine import listeners as listeners_mod
@@ -51,7 +52,7 @@ class WorkerProc:
     pid: int
     slot: int
     generation: int
-    heartbeat: "tempfile._TemporaryFileWrapper[bytes]"
+    heartbeat: IO[bytes]
     started: float
     #: SIGTERM sent: leaving on purpose (drain, reload)
     retiring: bool = False

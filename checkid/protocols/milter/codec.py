@@ -103,9 +103,10 @@ def decode_command(code: bytes, payload: bytes) -> Command:
         if len(strings) != 2:
             raise ProtocolError("HEADER is not name and value")
         return Header(strings[0], strings[1])
-    simple = {b"T": Data, b"N": EndOfHeaders, b"A": Abort, b"Q": Quit, b"K": QuitNoClose}
+    simple: dict[bytes, Command] = {b"T": Data(), b"N": EndOfHeaders(), b"A": Abort(), b"Q": Quit(),
+                                    b"K": QuitNoClose()}
     if code in simple:
-        return simple[code]()
+        return simple[code]
     if code == b"B":
         return Body(payload)
     if code == b"E":

@@ -16,6 +16,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from checkid.engine.decision import Action, Decision, Envelope
 from checkid.engine.errors import ProtocolError
@@ -94,7 +95,7 @@ class MilterSession:
         self.tx = Transaction()
         #: set by QUIT: the MTA closes; so may we
         self.closed = False
-        self._handlers: dict[type, Callable[[Command], Awaitable[list[Response]]]] = {
+        self._handlers: dict[type, Callable[[Any], Awaitable[list[Response]]]] = {
             OptNeg: self._on_optneg, Macro: self._on_macro, Connect: self._on_connect, Helo: self._on_helo,
             Mail: self._on_mail, Rcpt: self._on_rcpt, Data: self._on_data, Header: self._on_header,
             EndOfHeaders: self._on_eoh, Body: self._on_body, EndOfMessage: self._on_eom,
@@ -114,7 +115,7 @@ class MilterSession:
         return [] if self.protocol & no_reply_bit else [CONTINUE]
 
     # -- connection ---------------------------------------------------------------------
-    async def _on_optneg(self, cmd: OptNeg) -> list[Response]:  # type: ignore[override]
+    async def _on_optneg(self, cmd: OptNeg) -> list[Response]:
         if cmd.version < 2:
             raise ProtocolError(f"milter protocol version {cmd.version} is not supported")
         self.actions = WANTED_ACTIONS & cmd.actions if cmd.actions else Flag.ADDHDRS | Flag.QUARANTINE
@@ -125,12 +126,12 @@ class MilterSession:
         macros = MACROS if self.actions & Flag.SETSYMLIST else ()
         return [OptNegReply(min(cmd.version, VERSION), int(self.actions), int(self.protocol), macros)]
 
-    async def _on_macro(self, cmd: Macro) -> list[Response]:  # type: ignore[override]
+    async def _on_macro(self, cmd: Macro) -> list[Response]:
         for name, value in cmd.macros:
             self.conn.macros[name.strip("{}")] = value
         return []
 
-    async def _on_connect(self, cmd: Connect) -> list[Response]:  # type: ignore[override]
+    async def _on_connect(self, cmd: Connect) -> list[Response]:
         self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros)
         self.tx = Transaction()
         if cmd.family == "4":
@@ -140,38 +141,38 @@ class MilterSession:
             self.conn.ip = address[5:] if address[:5].lower() == "ipv6:" else address
         return self._reply(Proto.NR_CONN)
 
-    async def _on_helo(self, cmd: Helo) -> list[Response]:  # type: ignore[override]
+    async def _on_helo(self, cmd: Helo) -> list[Response]:
         self.conn.helo = cmd.name
         self.tx = Transaction()
         return self._reply(Proto.NR_HELO)
 
-    async def _on_unknown(self, cmd: Unknown) -> list[Response]:  # type: ignore[override]
+    async def _on_unknown(self, cmd: Unknown) -> list[Response]:
         verb, _, arg = cmd.command.strip().partition(" ")
         if verb.upper() == "ID" and arg.strip():
             self.conn.declared_id = arg.strip()
         return self._reply(Proto.NR_UNKN)
 
-    async def _on_quit(self, cmd: Quit) -> list[Response]:  # type: ignore[override]
+    async def _on_quit(self, cmd: Quit) -> list[Response]:
         self.closed = True
         return []
 
-    async def _on_quit_nc(self, cmd: QuitNoClose) -> list[Response]:  # type: ignore[override]
+    async def _on_quit_nc(self, cmd: QuitNoClose) -> list[Response]:
         self.conn, self.tx = Connection(), Transaction()  # negotiated options stay
         return []
 
     # -- message ------------------------------------------------------------------------
-    async def _on_abort(self, cmd: Abort) -> list[Response]:  # type: ignore[override]
+    async def _on_abort(self, cmd: Abort) -> list[Response]:
         self.tx = Transaction()
         return []
 
-    async def _on_mail(self, cmd: Mail) -> list[Response]:  # type: ignore[override]
+    async def _on_mail(self, cmd: Mail) -> list[Response]:
         self.tx = Transaction(sender=_address(cmd.args[0]))
         if self.conn.ip is None or self.options.decide_at != "MAIL":
             return [CONTINUE]
         self.tx.decision = await self._decided(self._envelope())
         return [replies.envelope_verdict(self.tx.decision)]
 
-    async def _on_rcpt(self, cmd: Rcpt) -> list[Response]:  # type: ignore[override]
+    async def _on_rcpt(self, cmd: Rcpt) -> list[Response]:
         rcpt = _address(cmd.args[0])
         self.tx.rcpts.append(rcpt)
         if self.conn.ip is None:
@@ -186,26 +187,26 @@ class MilterSession:
                 return [replies.reply_code(decision)]
         return [CONTINUE]
 
-    async def _on_data(self, cmd: Data) -> list[Response]:  # type: ignore[override]
+    async def _on_data(self, cmd: Data) -> list[Response]:
         return self._reply(Proto.NR_DATA)
 
-    async def _on_header(self, cmd: Header) -> list[Response]:  # type: ignore[override]
+    async def _on_header(self, cmd: Header) -> list[Response]:
         size = len(cmd.name) + len(cmd.value)
         if len(self.tx.headers) < MAX_HEADERS and self.tx.header_bytes + size <= MAX_HEADER_BYTES:
             self.tx.headers.append((cmd.name, cmd.value))
             self.tx.header_bytes += size
         return self._reply(Proto.NR_HDR)
 
-    async def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:  # type: ignore[override]
+    async def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:
         return self._reply(Proto.NR_EOH)
 
-    async def _on_body(self, cmd: Body) -> list[Response]:  # type: ignore[override]
+    async def _on_body(self, cmd: Body) -> list[Response]:
         room = MAX_BODY - len(self.tx.body)
         if room > 0:
             self.tx.body += cmd.chunk[:room]
         return self._reply(Proto.NR_BODY)
 
-    async def _on_eom(self, cmd: EndOfMessage) -> list[Response]:  # type: ignore[override]
+    async def _on_eom(self, cmd: EndOfMessage) -> list[Response]:
         tx, self.tx = self.tx, Transaction()
         if cmd.chunk:
             tx.body += cmd.chunk[:max(0, MAX_BODY - len(tx.body))]
