@@ -7,7 +7,8 @@ REFUSED for names outside its zones, so nothing leaves the machine.
 
 Faults are injected per name: ``delay`` (seconds before answering), ``drop`` (never
 answer: a timeout), ``servfail`` and ``truncate`` (TC bit over UDP, so the client retries
-over TCP). ``queries`` counts what was asked, so tests can prove what a cache saved.
+over TCP). ``rtt`` delays every answer, to model the Internet behind a cache miss.
+``queries`` counts what was asked, so tests can prove what a cache saved.
 
 Run standalone: ``python -m tests.dnsserver --zones tests/zones --port 5353``.
 """
@@ -129,8 +130,10 @@ class TestDnsServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, zones: str | Path | Zones, host: str = LOOPBACK, port: int = 0) -> None:
+    def __init__(self, zones: str | Path | Zones, host: str = LOOPBACK, port: int = 0, rtt: float = 0.0) -> None:
         self.zones = zones if isinstance(zones, Zones) else Zones(zones)
+        #: seconds added before every answer
+        self.rtt = rtt
         self.host = host
         self.port = port
         self.faults: dict[str, Fault] = {}
@@ -267,7 +270,7 @@ class TestDnsServer:
             response.authority.clear()
             response.flags |= dns.flags.TC
             out = response.to_wire()
-        return out, fault.delay
+        return out, fault.delay + self.rtt
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -317,8 +320,14 @@ def main() -> None:
     parser.add_argument("--zones", default=str(Path(__file__).parent / "zones"))
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rtt", type=float, default=0.0, help="seconds added before every answer")
+    parser.add_argument("--faults", help="JSON file: a list of names never answered")
     args = parser.parse_args()
-    server = TestDnsServer(args.zones, args.host, args.port).start()
+    server = TestDnsServer(args.zones, args.host, args.port, args.rtt).start()
+    if args.faults:
+        import json
+        for name in json.loads(Path(args.faults).read_text()):
+            server.set_fault(name, drop=True)
     print(f"serving {len(server.zones.zones)} zones on {server.address}", flush=True)
     try:
         threading.Event().wait()
