@@ -7,23 +7,17 @@ answers a fixed decision without deciding. Loopback only, bounded in time.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
-import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections import Counter
 
-import uvloop
-
-from checkid.engine.decision import Action, Decision, Header as Hdr
 from checkid.protocols.milter import codec
-from checkid.protocols.milter.events import (ACCEPT, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo,
-                                             Body, Mail, OptNeg, Quit, Rcpt)
-from checkid.protocols.milter.server import MilterProtocol
-from checkid.protocols.milter.session import MilterOptions
+from checkid.protocols.milter.events import (ACCEPT, Body, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo,
+                                             Mail, OptNeg, Quit, Rcpt)
 from tests.dnsserver import TestDnsServer
 from tests.processes import Checkid, free_port, world_readable_tmpdir, wait_for_port
 from bench.runtime import ZONES
@@ -98,37 +92,6 @@ def load(port: int, connections: int, seconds: float) -> tuple[float, float, int
     return sum(r[0] for r in results) / seconds, statistics.median(lat) if lat else float("nan"), sum(r[1] for r in results)
 
 
-class NullEngine:
-    """Answers every transaction with the same decision, doing nothing else."""
-
-    DECISION = Decision(Action.ACCEPT, 250, "", "Sender OK",
-                        (Hdr("Authent:", "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"),))
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, ...]] = Counter()
-        self.open_connections: Counter[str] = Counter()
-        self.thresholds = self
-
-    def key_for(self, rcpt: str) -> str:
-        return ""
-
-    async def decide(self, env: object, frontend: str = "") -> Decision:
-        return self.DECISION
-
-
-def null_server(port: int) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        engine = NullEngine()
-        server = await loop.create_server(lambda: MilterProtocol(engine, MilterOptions()),  # type: ignore[arg-type]
-                                          "127.0.0.1", port)
-        await stop.wait()
-        server.close()
-    uvloop.run(main())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="milter sessions/s")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -136,15 +99,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     port = free_port()
-    null = multiprocessing.get_context("fork").Process(target=null_server, args=(port,))
-    null.start()
+    null = subprocess.Popen([sys.executable, "-m", "bench.nullserver", "--protocol", "milter", "--port", str(port)])
     try:
         wait_for_port(port)
         assert one_session(port)
         reference = load(port, args.connections, args.seconds)
     finally:
-        os.kill(null.pid, signal.SIGTERM)
-        null.join(10)
+        null.terminate()
+        null.wait(10)
     rows.append(("null milter (1 process, fixed decision)", reference))
     with TestDnsServer(ZONES) as dns:
         for workers in (1, 2):

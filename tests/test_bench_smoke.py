@@ -28,3 +28,12 @@ def test_milter_benchmark_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| null") or line.startswith("| checkid")]
     assert len(rows) == 3 and all("| 0 |" in r for r in rows)
+
+
+def test_peer_benchmark_runs():
+    out = subprocess.run([sys.executable, "-m", "bench.peers", "--seconds", "1", "--warm", "1", "--senders", "50",
+                          "--requests", "500"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert {"checkid", "policyd-spf", "null"} <= set(rows)
+    assert all(row.split("|")[6].strip() == "0" for name, row in rows.items() if name != "server")

@@ -1,0 +1,80 @@
+"""Null servers: checkid's own Protocol code for each front-end over an engine that answers
+a fixed decision without deciding. They measure the stack's limit (uvloop, the codec, the
+session), the reference every front-end benchmark is compared with.
+
+    .venv/bin/python -m bench.nullserver --protocol policy --port 10040 [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+from collections import Counter
+
+import uvloop
+
+from checkid.engine.config import Config, ListenConfig
+from checkid.engine.decision import Action, Decision, Envelope, Header
+from checkid.engine.runtime import protocol_factory
+
+DECISION = Decision(Action.ACCEPT, 250, "", "Sender OK",
+                    (Header("Authent:", "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"),), "null")
+
+
+class NullEngine:
+    """What the front-ends need of an engine, answering DECISION at once."""
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.counts: Counter[tuple[str, ...]] = Counter()
+        self.open_connections: Counter[str] = Counter()
+        self.thresholds = self
+
+    def key_for(self, rcpt: str) -> str:
+        return ""
+
+    async def decide(self, env: Envelope, trace: object = None, frontend: str = "") -> Decision:
+        return DECISION
+
+
+def serve(protocol: str, sock: socket.socket) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        engine = NullEngine()
+        factory = protocol_factory(engine, engine.config, ListenConfig(protocol, "127.0.0.1:1"))  # type: ignore[arg-type]
+        server = await loop.create_server(factory, sock=sock)
+        await stop.wait()
+        server.close()
+    uvloop.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=("policy", "msgpack-rpc", "milter"), default="policy")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    children = []
+    for _ in range(args.workers):  # SO_REUSEPORT per worker, as checkid's runtime does
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", args.port))
+        sock.listen(1024)
+        pid = os.fork()
+        if pid == 0:
+            serve(args.protocol, sock)
+            os._exit(0)
+        sock.close()
+        children.append(pid)
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in children])
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""checkid beside the tools operators run today, on the same trace and DNS data, in one run.
+
+Everything runs inside a private network and mount namespace (``unshare -mn``, entered by
+this script itself): only its own loopback exists there, and /etc/resolv.conf is bind-mounted
+to point at a local Unbound whose stub zone is the project's test DNS server serving the
+generated workload (bench/workload.py). Through the policy protocol, with the compiled load
+client (bench/c/loadclient.c; one request in flight per connection, as Postfix does):
+
+- policyd-spf (Debian postfix-policyd-spf-python), one process per connection as Postfix
+  spawns it (socat ... EXEC:), behind the warm Unbound its documentation recommends;
+- checkid (``checkid serve``, 2 workers) asking the same Unbound;
+- the null policy server (bench/nullserver.py): checkid's protocol code, no decision.
+
+policyd-spf only checks SPF (HELO and MAIL FROM); checkid runs its whole pipeline (DNSBL,
+registry, SPF, reputation). The trace leaves out the DNS-timeout senders, which would only
+measure policyd-spf's 20 s lookup limit.
+
+    .venv/bin/python -m bench.peers [--seconds 10] [--connections 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.zone
+
+from bench.workload import DNSBL, REGISTRY, Workload
+from checkid.protocols.postfix_policy.codec import encode_request
+from tests.dnsserver import TestDnsServer, Zones
+from tests.processes import Checkid, free_port, wait_for_port, world_readable_tmpdir
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADCLIENT_SRC = ROOT / "bench" / "c" / "loadclient.c"
+
+
+def build_loadclient(workdir: Path) -> Path:
+    binary = workdir / "loadclient"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(LOADCLIENT_SRC)], check=True)
+    return binary
+
+
+def requests_file(workload: Workload, path: Path) -> Path:
+    with open(path, "wb") as f:
+        for n, r in enumerate(workload.requests):
+            if r.cls == "timeout":
+                continue
+            f.write(encode_request({
+                "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+                "client_address": r.ip, "client_name": "unknown", "helo_name": r.helo, "sender": r.sender,
+                "recipient": r.rcpt, "instance": f"b{n}", "queue_id": "", "recipient_count": "0",
+            }))
+    return path
+
+
+def run_load(client: Path, port: int, connections: int, seconds: float, reqs: Path, rate: float = 0) -> dict[str, float]:
+    out = subprocess.run([str(client), "127.0.0.1", str(port), str(connections), str(seconds), str(rate), str(reqs)],
+                         capture_output=True, text=True, timeout=seconds + 120, check=True).stdout.split()
+    done, errors, elapsed, p50, p90, p99, p999 = out
+    return {"rate": int(done) / float(elapsed), "errors": int(errors), "p50": int(p50) / 1e3, "p90": int(p90) / 1e3,
+            "p99": int(p99) / 1e3, "p999": int(p999) / 1e3}
+
+
+def unbound(workdir: Path, dns_port: int) -> subprocess.Popen[bytes]:
+    conf = workdir / "unbound.conf"
+    conf.write_text(f"""server:
+  interface: 127.0.0.1
+  port: 53
+  do-ip6: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{workdir}"
+  pidfile: "{workdir}/unbound.pid"
+  use-syslog: no
+  verbosity: 0
+  num-threads: 1
+  module-config: "iterator"
+  do-not-query-localhost: no
+  local-zone: "test." nodefault
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+stub-zone:
+  name: "bench.test"
+  stub-addr: 127.0.0.1@{dns_port}
+  stub-prime: no
+""")
+    proc = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import dns.resolver
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = ["127.0.0.1"]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            resolver.resolve(REGISTRY, "SOA", lifetime=1)
+            return proc
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("unbound did not start") from None
+            time.sleep(0.1)
+
+
+def inside(args: argparse.Namespace) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    workdir = world_readable_tmpdir("checkid-peers-")
+    resolv = workdir / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    workload = Workload(args.senders, args.requests, args.seed)
+    zones = Zones(workdir)
+    for origin, text in workload.zones().items():
+        zones.add_zone(dns.zone.from_text(text, origin=origin, relativize=False))
+    client = build_loadclient(workdir)
+    reqs = requests_file(workload, workdir / "requests.txt")
+    procs: list[subprocess.Popen[bytes]] = []
+    results: dict[str, dict[str, float]] = {}
+    with TestDnsServer(zones, rtt=args.rtt) as server:
+        try:
+            procs.append(unbound(workdir, server.port))
+            null_port, peer_port = free_port(), free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "bench.nullserver", "--protocol", "policy", "--port",
+                                           str(null_port), "--workers", "2"], cwd=ROOT))
+            procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{peer_port},bind=127.0.0.1,reuseaddr,fork",
+                                           "EXEC:/usr/bin/policyd-spf"], stderr=subprocess.DEVNULL))
+            port = free_port()
+            toml = f"""
+[[listen]]
+protocol = "policy"
+address = "127.0.0.1:{port}"
+[server]
+workers = 2
+log_level = "warning"
+state_dir = "{workdir / 'state'}"
+[dns]
+nameservers = ["127.0.0.1"]
+[registry]
+zone = "{REGISTRY}"
+[prescreen]
+dnsbl = [{{ zone = "{DNSBL}" }}]
+"""
+            for p in (null_port, peer_port):
+                wait_for_port(p)
+            with Checkid(toml, workdir, [port]):
+                for name, p in (("null", null_port), ("checkid", port), ("policyd-spf", peer_port)):
+                    run_load(client, p, args.connections, args.warm, reqs)  # warms Unbound and caches
+                    server.reset_counts()
+                    results[name] = run_load(client, p, args.connections, args.seconds, reqs)
+                    results[name]["upstream_per_request"] = server.total / max(1, results[name]["rate"] * args.seconds)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="checkid vs policyd-spf vs the null server")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warm", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--senders", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rtt", type=float, default=0.0)
+    args = parser.parse_args()
+    if os.environ.get("CHECKID_BENCH_NS") != "1":
+        env = {**os.environ, "CHECKID_BENCH_NS": "1"}
+        out = subprocess.run(["unshare", "-mn", sys.executable, "-m", "bench.peers", *sys.argv[1:]], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=args.seconds * 6 + 600)
+        if out.returncode != 0:
+            sys.exit(out.stderr[-4000:])
+        results = json.loads(out.stdout.strip().splitlines()[-1])
+        report(results, args)
+        return
+    inside(args)
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    print(f"policy protocol, {args.connections} connections, warm Unbound, trace of {args.requests} requests "
+          f"from {args.senders} senders (seed {args.seed})")
+    print()
+    print("| server | decisions/s | p50 | p90 | p99 | errors | vs policyd-spf | vs null server |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("checkid", "policyd-spf", "null"):
+        r = results[name]
+        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
+              f"{r['errors']:.0f} | {r['rate'] / results['policyd-spf']['rate']:.2f}× | "
+              f"{r['rate'] / results['null']['rate']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
