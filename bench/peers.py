@@ -11,6 +11,10 @@ client (bench/c/loadclient.c; one request in flight per connection, as Postfix d
 - checkid (``checkid serve``, 2 workers) asking the same Unbound;
 - the null policy server (bench/nullserver.py): checkid's protocol code, no decision.
 
+And as milters, whole sessions with the compiled session client (bench/c/miltersessions.c,
+a new connection per session, as an MTA plays them): pyspf-milter (Debian, libmilter via
+pymilter, SPF at MAIL FROM), checkid's milter listener, and the null milter.
+
 policyd-spf only checks SPF (HELO and MAIL FROM); checkid runs its whole pipeline (DNSBL,
 registry, SPF, reputation). The trace leaves out the DNS-timeout senders, which would only
 measure policyd-spf's 20 s lookup limit.
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -36,13 +41,32 @@ from tests.dnsserver import TestDnsServer, Zones
 from tests.processes import Checkid, free_port, wait_for_port, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
-LOADCLIENT_SRC = ROOT / "bench" / "c" / "loadclient.c"
+C_CLIENTS = ROOT / "bench" / "c"
 
 
-def build_loadclient(workdir: Path) -> Path:
-    binary = workdir / "loadclient"
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(LOADCLIENT_SRC)], check=True)
+def build(workdir: Path, name: str) -> Path:
+    binary = workdir / name
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(C_CLIENTS / f"{name}.c")], check=True)
     return binary
+
+
+def sessions_file(workload: Workload, path: Path) -> Path:
+    """Whole milter sessions for the trace: u32 count, then u32-length-prefixed packets."""
+    from checkid.protocols.milter import codec
+    from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo,
+                                                 Mail, OptNeg, Quit, Rcpt)
+    with open(path, "wb") as f:
+        for r in workload.requests:
+            if r.cls == "timeout":
+                continue
+            cmds = [OptNeg(6, 0x1FF, 0x1FFFFF), Connect(r.helo, "4", 25, r.ip), Helo(r.helo), Mail((f"<{r.sender}>",)),
+                    Rcpt((f"<{r.rcpt}>",)), Data(), Header("From", r.sender), Header("To", r.rcpt),
+                    Header("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage(), Quit()]
+            packets = [codec.encode_command(c) for c in cmds]
+            f.write(struct.pack("!I", len(packets)))
+            for packet in packets:
+                f.write(struct.pack("!I", len(packet)) + packet)
+    return path
 
 
 def requests_file(workload: Workload, path: Path) -> Path:
@@ -58,9 +82,12 @@ def requests_file(workload: Workload, path: Path) -> Path:
     return path
 
 
-def run_load(client: Path, port: int, connections: int, seconds: float, reqs: Path, rate: float = 0) -> dict[str, float]:
-    out = subprocess.run([str(client), "127.0.0.1", str(port), str(connections), str(seconds), str(rate), str(reqs)],
-                         capture_output=True, text=True, timeout=seconds + 120, check=True).stdout.split()
+def run_load(client: Path, port: int, connections: int, seconds: float, reqs: Path, rate: float | None = 0
+             ) -> dict[str, float]:
+    """Run a C client; ``rate`` None for the session client (it takes no rate)."""
+    args = [str(client), "127.0.0.1", str(port), str(connections), str(seconds)]
+    args += [str(reqs)] if rate is None else [str(rate), str(reqs)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, check=True).stdout.split()
     done, errors, elapsed, p50, p90, p99, p999 = out
     return {"rate": int(done) / float(elapsed), "errors": int(errors), "p50": int(p50) / 1e3, "p90": int(p90) / 1e3,
             "p99": int(p99) / 1e3, "p999": int(p999) / 1e3}
@@ -115,8 +142,10 @@ def inside(args: argparse.Namespace) -> None:
     zones = Zones(workdir)
     for origin, text in workload.zones().items():
         zones.add_zone(dns.zone.from_text(text, origin=origin, relativize=False))
-    client = build_loadclient(workdir)
+    client = build(workdir, "loadclient")
+    milter_client = build(workdir, "miltersessions")
     reqs = requests_file(workload, workdir / "requests.txt")
+    sessions = sessions_file(workload, workdir / "sessions.bin")
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, float]] = {}
     with TestDnsServer(zones, rtt=args.rtt) as server:
@@ -127,11 +156,22 @@ def inside(args: argparse.Namespace) -> None:
                                            str(null_port), "--workers", "2"], cwd=ROOT))
             procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{peer_port},bind=127.0.0.1,reuseaddr,fork",
                                            "EXEC:/usr/bin/policyd-spf"], stderr=subprocess.DEVNULL))
-            port = free_port()
+            port, milter_port, null_milter, peer_milter = free_port(), free_port(), free_port(), free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "bench.nullserver", "--protocol", "milter", "--port",
+                                           str(null_milter), "--workers", "2"], cwd=ROOT))
+            (workdir / "pyspf-milter.conf").write_text(
+                f"debugLevel = 0\nTestOnly = 1\nHELO_reject = Fail\nMail_From_reject = Fail\n"
+                f"Socket = inet:{peer_milter}@127.0.0.1\nPidFile = {workdir}/pyspf-milter.pid\n"
+                f"UserID = pyspf-milter\nInternalHosts = 127.0.0.1\n")
+            procs.append(subprocess.Popen(["pyspf-milter", str(workdir / "pyspf-milter.conf")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             toml = f"""
 [[listen]]
 protocol = "policy"
 address = "127.0.0.1:{port}"
+[[listen]]
+protocol = "milter"
+address = "127.0.0.1:{milter_port}"
 [server]
 workers = 2
 log_level = "warning"
@@ -143,14 +183,17 @@ zone = "{REGISTRY}"
 [prescreen]
 dnsbl = [{{ zone = "{DNSBL}" }}]
 """
-            for p in (null_port, peer_port):
+            for p in (null_port, peer_port, null_milter, peer_milter):
                 wait_for_port(p)
-            with Checkid(toml, workdir, [port]):
-                for name, p in (("null", null_port), ("checkid", port), ("policyd-spf", peer_port)):
-                    run_load(client, p, args.connections, args.warm, reqs)  # warms Unbound and caches
-                    server.reset_counts()
-                    results[name] = run_load(client, p, args.connections, args.seconds, reqs)
-                    results[name]["upstream_per_request"] = server.total / max(1, results[name]["rate"] * args.seconds)
+            with Checkid(toml, workdir, [port, milter_port]):
+                runs = [("null", null_port, client, reqs, 0), ("checkid", port, client, reqs, 0),
+                        ("policyd-spf", peer_port, client, reqs, 0),
+                        ("null milter", null_milter, milter_client, sessions, None),
+                        ("checkid milter", milter_port, milter_client, sessions, None),
+                        ("pyspf-milter", peer_milter, milter_client, sessions, None)]
+                for name, p, c, data, rate in runs:
+                    run_load(c, p, args.connections, args.warm, data, rate)  # warms Unbound and caches
+                    results[name] = run_load(c, p, args.connections, args.seconds, data, rate)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -195,6 +238,16 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
         print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
               f"{r['errors']:.0f} | {r['rate'] / results['policyd-spf']['rate']:.2f}× | "
               f"{r['rate'] / results['null']['rate']:.2f}× |")
+    print()
+    print(f"milter, whole sessions (a new connection each), {args.connections} concurrent")
+    print()
+    print("| milter | sessions/s | p50 | p90 | p99 | errors | vs pyspf-milter | vs null milter |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("checkid milter", "pyspf-milter", "null milter"):
+        r = results[name]
+        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
+              f"{r['errors']:.0f} | {r['rate'] / results['pyspf-milter']['rate']:.2f}× | "
+              f"{r['rate'] / results['null milter']['rate']:.2f}× |")
 
 
 if __name__ == "__main__":
