@@ -230,24 +230,22 @@ def main() -> None:
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     print(f"policy protocol, {args.connections} connections, warm Unbound, trace of {args.requests} requests "
           f"from {args.senders} senders (seed {args.seed})")
-    print()
-    print("| server | decisions/s | p50 | p90 | p99 | errors | vs policyd-spf | vs null server |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in ("checkid", "policyd-spf", "null"):
-        r = results[name]
-        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
-              f"{r['errors']:.0f} | {r['rate'] / results['policyd-spf']['rate']:.2f}× | "
-              f"{r['rate'] / results['null']['rate']:.2f}× |")
-    print()
+    _table(results, "server", "decisions/s", ("checkid", "policyd-spf", "null"))
     print(f"milter, whole sessions (a new connection each), {args.connections} concurrent")
+    _table(results, "milter", "sessions/s", ("checkid milter", "pyspf-milter", "null milter"))
+
+
+def _table(results: dict[str, dict[str, float]], what: str, unit: str, names: tuple[str, str, str]) -> None:
+    """Rows for (checkid, peer, null), with the ratios to the peer and to the null server."""
+    _, peer, null = names
     print()
-    print("| milter | sessions/s | p50 | p90 | p99 | errors | vs pyspf-milter | vs null milter |")
+    print(f"| {what} | {unit} | p50 | p90 | p99 | errors | vs {peer} | vs {null} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in ("checkid milter", "pyspf-milter", "null milter"):
+    for name in names:
         r = results[name]
         print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
-              f"{r['errors']:.0f} | {r['rate'] / results['pyspf-milter']['rate']:.2f}× | "
-              f"{r['rate'] / results['null milter']['rate']:.2f}× |")
+              f"{r['errors']:.0f} | {r['rate'] / results[peer]['rate']:.2f}× | {r['rate'] / results[null]['rate']:.2f}× |")
+    print()
 
 
 if __name__ == "__main__":

@@ -104,11 +104,6 @@ class DnsClient:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
 
-    def cached(self, name: str, rdtype: str, now: float) -> DnsAnswer | None:
-        """The cached answer for ``name``/``rdtype``, or None. Never does I/O."""
-        answer: DnsAnswer | None = self.cache.get((name.lower().rstrip("."), rdtype), now)
-        return answer
-
     async def resolve(self, name: str, rdtype: str, trace: Trace | None = None) -> DnsAnswer:
         """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``)."""
         key = (name.lower().rstrip("."), rdtype)

@@ -39,7 +39,7 @@ def encode_value(value: Any) -> list[Any]:
     if isinstance(value, DnsAnswer):
         return [_DNS, value.outcome.value, list(value.records), value.ttl]
     if isinstance(value, SpfOutcome):
-        return [_SPF, value.result.value, value.explanation, value.received_spf, value.lookups]
+        return [_SPF, value.result.value, value.explanation, value.received_spf]
     raise TypeError(f"no shared-cache encoding for {type(value).__name__}")
 
 
@@ -48,7 +48,7 @@ def decode_value(data: list[Any]) -> Any:
         records = tuple(tuple(r) if isinstance(r, list) else r for r in data[2])
         return DnsAnswer(Outcome(data[1]), records, data[3])
     if data[0] == _SPF:
-        return SpfOutcome(SpfResult(data[1]), data[2], data[3], data[4])
+        return SpfOutcome(SpfResult(data[1]), data[2], data[3])
     raise ValueError(f"unknown shared-cache value tag {data[0]!r}")
 
 

@@ -48,8 +48,6 @@ class SpfOutcome:
     explanation: str
     #: the ``Received-SPF`` header value pyspf builds, when asked for
     received_spf: str = ""
-    #: DNS names the check had to look up (not answered from cache), for tracing
-    lookups: int = 0
 
 
 class _Miss(Exception):
@@ -141,7 +139,6 @@ class SpfChecker:
             return cached
         global _current
         session = _Session(self.client, now, trace)
-        fetched = 0
         for _ in range(MAX_RUNS):
             q = spf.query(i=ip, s=sender, h=helo, receiver=self.receiver, strict=True)
             session.missed = None
@@ -157,14 +154,13 @@ class SpfChecker:
             key_missed = session.missed
             answer = await self.client.resolve(key_missed[0], key_missed[1], trace)
             session.answers[key_missed] = answer
-            fetched += 1
             # an answer that could not be cached (TTL 0) makes the result uncacheable too
             session.expires = min(session.expires, self.clock() + answer.ttl)
         else:
             result, explanation = "temperror", "SPF evaluation did not converge"
             session.error = True
         header = q.get_header(result, self.receiver) if want_header else ""
-        outcome = SpfOutcome(SpfResult(result), explanation, header, fetched)
+        outcome = SpfOutcome(SpfResult(result), explanation, header)
         self.counts[("spf_results", outcome.result.value)] += 1
         if trace is not None:
             trace.add("spf", f"{sender or helo} from {ip}: {outcome.result.name} ({explanation})")

@@ -134,8 +134,7 @@ records = st.one_of(
               st.lists(st.one_of(st.text(max_size=20), st.tuples(st.integers(0, 65535), st.text(max_size=20)),
                                  st.lists(st.binary(max_size=30), min_size=1, max_size=3).map(tuple)), max_size=4),
               st.integers(0, 2**31)),
-    st.builds(SpfOutcome, st.sampled_from(list(SpfResult)), st.text(max_size=40), st.text(max_size=40),
-              st.integers(0, 50)),
+    st.builds(SpfOutcome, st.sampled_from(list(SpfResult)), st.text(max_size=40), st.text(max_size=40)),
 )
 
 
