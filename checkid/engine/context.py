@@ -97,7 +97,8 @@ class Context:
                 self._registry = RegistryResult(RegistryOutcome.NO_RECORD, error="no identity")
             else:
                 name = f"{self.identity}.{self.config.registry.zone}"
-                answer = await self.engine.dns.resolve(name, "TXT", self.trace)
+                # SPF reads the identity's TXT first: on a registry miss, ask both at once
+                answer = await self.engine.dns.resolve(name, "TXT", self.trace, alongside=((self.identity, "TXT"),))
                 self._registry = interpret(answer)
             self.engine.counts[("registry_lookups", self._registry.outcome.value)] += 1
             if self.trace is not None:

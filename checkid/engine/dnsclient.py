@@ -104,12 +104,20 @@ class DnsClient:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
 
-    async def resolve(self, name: str, rdtype: str, trace: Trace | None = None) -> DnsAnswer:
-        """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``)."""
+    async def resolve(self, name: str, rdtype: str, trace: Trace | None = None,
+                      alongside: tuple[tuple[str, str], ...] = ()) -> DnsAnswer:
+        """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``).
+
+        On a cache miss, the lookups in ``alongside`` (name, type) start too (see
+        :meth:`prefetch`): answers the caller will likely need next arrive in the same round
+        trip. A hit starts nothing, so a warm decision pays nothing for them.
+        """
         key = (name.lower().rstrip("."), rdtype)
         answer: DnsAnswer | None = self.cache.get(key, self.clock())
         if answer is None:
             self.counts[("cache_lookups", "all", "miss")] += 1
+            for other in alongside:
+                self.prefetch(*other)
         else:
             self.counts[("cache_lookups", getattr(self.cache, "last_layer", "l1"),
                          "negative_hit" if answer.negative else "hit")] += 1
@@ -118,9 +126,7 @@ class DnsClient:
             return answer
         future = self._inflight.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._lookup(key))
-            self._inflight[key] = future
-            future.add_done_callback(functools.partial(self._landed, key))
+            future = self._start(key)
         elif trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: joining a query in flight")
         deadline = DEADLINE.get()
@@ -137,6 +143,24 @@ class DnsClient:
         if trace is not None:
             trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
         return answer
+
+    def prefetch(self, name: str, rdtype: str) -> None:
+        """Start looking ``name`` up unless it is cached or asked already; do not wait for it.
+
+        The answer lands in the cache, and a :meth:`resolve` meanwhile joins the query in
+        flight. For lookups that do not depend on each other, so they share one round trip.
+        """
+        key = (name.lower().rstrip("."), rdtype)
+        if key in self._inflight or self.cache.get(key, self.clock()) is not None:
+            return
+        self.counts[("dns_prefetches", rdtype)] += 1
+        self._start(key)
+
+    def _start(self, key: CacheKey) -> asyncio.Future[DnsAnswer]:
+        future = asyncio.ensure_future(self._lookup(key))
+        self._inflight[key] = future
+        future.add_done_callback(functools.partial(self._landed, key))
+        return future
 
     def _landed(self, key: CacheKey, _future: object) -> None:
         self._inflight.pop(key, None)

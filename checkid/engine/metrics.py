@@ -21,6 +21,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "temperrors": ("DNS temporary errors that decided a transaction, by stage", ("stage",)),
     "dns_queries": ("DNS queries sent, by type and outcome", ("type", "outcome")),
     "cache_lookups": ("DNS cache lookups by layer and result", ("layer", "result")),
+    "dns_prefetches": ("DNS lookups started ahead of need, in parallel with the one awaited", ("type",)),
     "list_hits": ("IP list hits by stage (prescreen, blacklist) and list", ("stage", "list")),
     "dnsbl_error_answers": ("DNSBL error answers (127.255.255.0/24), never listings", ("zone",)),
     "dnsbl_unknown_answers": ("DNSBL answers outside the configured codes", ("zone",)),

@@ -9,6 +9,10 @@ await, and the event loop never waits on DNS inside pyspf.
 pyspf swallows exceptions in a few places (the ``exp=`` fetch uses a bare ``except:``), so
 a miss is also remembered on the session and a run that saw one is never trusted.
 
+When a record is read, the domains of its ``include:`` and ``redirect=`` terms are asked at
+once (:meth:`DnsClient.prefetch`), so independent lookups share a round trip instead of
+waiting for pyspf to reach each in turn.
+
 Finished results are cached until the earliest expiry of the DNS answers the check used
 (never when one of them could not be cached, and never a temporary error). The key is
 ``(ip, sender domain)`` when no record the check read uses macros, so per-message senders
@@ -80,8 +84,11 @@ class _Session:
             self.expires = min(self.expires, entry[1])
             if self.trace is not None:
                 self.trace.add("dns", f"{key[0]} {qtype}: {answer.describe()} [cache]")
-        if qtype in ("TXT", "SPF") and any(b"%" in chunk for rec in answer.records for chunk in rec):
-            self.macros = True
+        if qtype in ("TXT", "SPF") and answer.outcome is Outcome.ANSWER:
+            if any(b"%" in chunk for rec in answer.records for chunk in rec):
+                self.macros = True
+            for target in chain_targets(answer.records):
+                self.client.prefetch(target, "TXT")
         if answer.is_error:
             self.error = True
             raise spf.TempError(f"DNS {answer.outcome.name} for {key[0]} {qtype}")
@@ -95,6 +102,22 @@ class _Session:
                     self.expires = min(self.expires, known[1])
                     out.extend(((exchange, "A"), a) for a in known[0].records)
         return out
+
+
+def chain_targets(records: tuple[Any, ...]) -> list[str]:
+    """The ``include:`` and ``redirect=`` domains of the SPF records among TXT ``records``
+    (those without macros): the next round of lookups, independent of each other."""
+    targets = []
+    for record in records:
+        text = b"".join(record)
+        if not text[:7].lower() == b"v=spf1 " or b"%" in text:
+            continue
+        for term in text.decode("ascii", "replace").lower().split()[1:]:
+            term = term.lstrip("+-~?")
+            for prefix in ("include:", "redirect="):
+                if term.startswith(prefix) and len(term) > len(prefix):
+                    targets.append(term[len(prefix):])
+    return targets
 
 
 _current: _Session | None = None

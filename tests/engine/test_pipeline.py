@@ -95,9 +95,11 @@ def test_registry_long_spellings_and_split_strings(make_engine):
 
 @pytest.mark.parametrize("ip", ["192.0.2.216", "192.0.2.218", "198.51.100.77", "2001:db8:1::25"])
 def test_helo_address_check_passes_inside_ip4_ip6(make_engine, ip, dns):
-    d = decide(make_engine(), ip, "helo.example")
+    engine = make_engine()
+    d = decide(engine, ip, "helo.example")
     assert d.action is Action.ACCEPT and authent(d).startswith(f"{ip} helo.example QR1 PASS")
-    assert dns.count("helo.example", "TXT") == 0  # QR1 passed first: SPF never ran
+    assert spf_checks(engine) == 0  # QR1 passed first: SPF never ran
+    assert dns.count("helo.example", "TXT") == 1  # only the prefetch alongside the registry miss
 
 
 def test_helo_address_check_fail_then_spf_fail_rejects(make_engine):
@@ -116,9 +118,25 @@ def test_stop_all_rejects_every_server(make_engine):
 
 
 def test_method_over_the_site_budget_is_skipped(make_engine, dns):
-    d = decide(make_engine(), IP, "costly.example")
+    engine = make_engine()
+    d = decide(engine, IP, "costly.example")
     assert d.action is Action.FILTER and authent(d).startswith("192.0.2.1 costly.example NONE NONE")
-    assert dns.count("costly.example", "TXT") == 0
+    assert spf_checks(engine) == 0 and dns.count("costly.example", "TXT") == 1  # the prefetch only
+
+
+def test_a_registry_miss_asks_the_identitys_spf_record_in_the_same_round_trip(make_engine, dns):
+    # the registry never answers, so the decision ends at the registry; the SPF record was
+    # nevertheless asked: alongside the registry query, not after it
+    dns.set_fault("example.com.registry.test", drop=True)
+    engine = make_engine()
+    d = decide(engine, IP, "example.com")
+    assert d.action is Action.TEMPFAIL and d.stage == "registry"
+    assert dns.count("example.com", "TXT") == 1 and spf_checks(engine) == 0
+    assert engine.counts[("dns_prefetches", "TXT")] == 1
+
+
+def spf_checks(engine):
+    return sum(n for key, n in engine.counts.items() if key[0] == "spf_results")
 
 
 def test_no_registry_record_filters(make_engine):

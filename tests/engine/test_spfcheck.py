@@ -109,6 +109,15 @@ def test_spf_timeout_is_temperror_and_not_cached(dns):
     assert run(ours.check("192.0.2.1", "a@temp.example", "h.example")).result is SpfResult.PASS
 
 
+def test_independent_include_targets_are_asked_at_once(dns):
+    # inc.example includes inc-a then inc-b; inc-a never answers, so pyspf never reaches
+    # inc-b itself: its query was sent when inc.example's record arrived
+    dns.set_fault("inc-a.example", drop=True)
+    result = run(checker(dns).check("192.0.2.200", "a@inc.example", "h.example"))
+    assert result.result is SpfResult.TEMPERROR
+    assert dns.count("inc-b.example", "TXT") == 1
+
+
 def test_spf_servfail_is_temperror(dns):
     dns.set_fault("dead.example", servfail=True)
     assert run(checker(dns).check("192.0.2.1", "a@temp.example", "h.example")).result is SpfResult.TEMPERROR
