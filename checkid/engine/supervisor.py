@@ -13,6 +13,7 @@ It holds no event loop, resolver, cache handle or thread at any fork.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import grp
 import logging
@@ -132,6 +133,7 @@ class Master:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
+        name_process("checkid-master")
         self.start()
         self.maintain_worker_count()
         status = EXIT_OK
@@ -264,6 +266,7 @@ class Master:
             code = worker_mod.WORKER_BOOT_ERROR
             try:
                 self._close_in_child(keep={id(s) for _, s in spec.sockets})
+                name_process(f"checkid-w{slot}")
                 code = worker_mod.run(spec)
             finally:
                 worker_mod.exit_now(code)
@@ -278,6 +281,7 @@ class Master:
             code = 1
             try:
                 self._close_in_child(keep=set())
+                name_process("checkid-metrics")
                 from checkid.engine import metricsserver
 
                 code = metricsserver.run(address, self.pid)
@@ -371,3 +375,12 @@ def serve(config: Config, config_path: str | None) -> int:
     except CheckidError as e:
         log.error("%s", e)
         raise
+
+
+def name_process(name: str) -> None:
+    """The name ps, top and /proc/PID/comm show (Linux keeps 15 bytes), so an operator can
+    tell the master, each worker slot and the metrics process apart."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux: the names are a convenience

@@ -134,6 +134,10 @@ def workdir():
 def test_two_workers_serve_and_share_one_cache(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as checkid:
         eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        # ps and top tell the processes apart
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in worker_pids(checkid)}
+        assert names == {"checkid-w0", "checkid-w1"}
+        assert Path(f"/proc/{checkid.proc.pid}/comm").read_text().strip() == "checkid-master"
         replies = [ask(checkid.port) for _ in range(40)]
         assert set(replies) == {"PREPEND Authent: 192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"}
         log = checkid.log.read_text()
