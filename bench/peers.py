@@ -11,15 +11,18 @@ client (bench/c/loadclient.c; one request in flight per connection, as Postfix d
 - checkid (``checkid serve``, 2 workers) asking the same Unbound;
 - the null policy server (bench/nullserver.py): checkid's protocol code, no decision.
 
-And as milters, whole sessions with the compiled session client (bench/c/miltersessions.c,
-a new connection per session, as an MTA plays them): pyspf-milter (Debian, libmilter via
-pymilter, SPF at MAIL FROM), checkid's milter listener, and the null milter.
+Through MessagePack-RPC (same client, msgpack framing): checkid and the null server (no
+peer speaks it). As milters, whole sessions with the compiled session client
+(bench/c/miltersessions.c, a new connection per session, as an MTA plays them): pyspf-milter
+(Debian, libmilter via pymilter, SPF at MAIL FROM), checkid's milter listener, and the null
+milter. Then an offered-load sweep of checkid's policy listener (10–90 % of the maximum just
+measured; latency p50…p99.9 per step) and the workers' resident memory.
 
 policyd-spf only checks SPF (HELO and MAIL FROM); checkid runs its whole pipeline (DNSBL,
 registry, SPF, reputation). The trace leaves out the DNS-timeout senders, which would only
 measure policyd-spf's 20 s lookup limit.
 
-    .venv/bin/python -m bench.peers [--seconds 10] [--connections 4]
+    .venv/bin/python -m bench.peers [--seconds 8] [--connections 4] (bench/run_all runs it)
 """
 from __future__ import annotations
 
@@ -27,70 +30,42 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import dns.zone
 
+from bench import load
 from bench.workload import DNSBL, REGISTRY, Workload
-from checkid.protocols.postfix_policy.codec import encode_request
 from tests.dnsserver import TestDnsServer, Zones
 from tests.processes import Checkid, free_port, wait_for_port, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
-C_CLIENTS = ROOT / "bench" / "c"
+#: (protocol, server) in the order they run; the first of each protocol is its null server
+RUNS = (("policy", "null"), ("policy", "checkid"), ("policy", "policyd-spf"),
+        ("msgpack-rpc", "null"), ("msgpack-rpc", "checkid"),
+        ("milter", "null"), ("milter", "checkid"), ("milter", "pyspf-milter"))
+PEER = {"policy": "policyd-spf", "milter": "pyspf-milter"}
 
 
-def build(workdir: Path, name: str) -> Path:
-    binary = workdir / name
-    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(C_CLIENTS / f"{name}.c")], check=True)
-    return binary
-
-
-def sessions_file(workload: Workload, path: Path) -> Path:
-    """Whole milter sessions for the trace: u32 count, then u32-length-prefixed packets."""
-    from checkid.protocols.milter import codec
-    from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo,
-                                                 Mail, OptNeg, Quit, Rcpt)
-    with open(path, "wb") as f:
-        for r in workload.requests:
-            if r.cls == "timeout":
+def rss_kib(parent: int, prefix: str = "") -> list[int]:
+    """Resident set sizes (KiB) of ``parent``'s children whose process name starts with
+    ``prefix``."""
+    out = []
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for pid in children:
+        try:
+            if not Path(f"/proc/{pid}/comm").read_text().startswith(prefix):
                 continue
-            cmds = [OptNeg(6, 0x1FF, 0x1FFFFF), Connect(r.helo, "4", 25, r.ip), Helo(r.helo), Mail((f"<{r.sender}>",)),
-                    Rcpt((f"<{r.rcpt}>",)), Data(), Header("From", r.sender), Header("To", r.rcpt),
-                    Header("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage(), Quit()]
-            packets = [codec.encode_command(c) for c in cmds]
-            f.write(struct.pack("!I", len(packets)))
-            for packet in packets:
-                f.write(struct.pack("!I", len(packet)) + packet)
-    return path
-
-
-def requests_file(workload: Workload, path: Path) -> Path:
-    with open(path, "wb") as f:
-        for n, r in enumerate(workload.requests):
-            if r.cls == "timeout":
-                continue
-            f.write(encode_request({
-                "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
-                "client_address": r.ip, "client_name": "unknown", "helo_name": r.helo, "sender": r.sender,
-                "recipient": r.rcpt, "instance": f"b{n}", "queue_id": "", "recipient_count": "0",
-            }))
-    return path
-
-
-def run_load(client: Path, port: int, connections: int, seconds: float, reqs: Path, rate: float | None = 0
-             ) -> dict[str, float]:
-    """Run a C client; ``rate`` None for the session client (it takes no rate)."""
-    args = [str(client), "127.0.0.1", str(port), str(connections), str(seconds)]
-    args += [str(reqs)] if rate is None else [str(rate), str(reqs)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, check=True).stdout.split()
-    done, errors, elapsed, p50, p90, p99, p999 = out
-    return {"rate": int(done) / float(elapsed), "errors": int(errors), "p50": int(p50) / 1e3, "p90": int(p90) / 1e3,
-            "p99": int(p99) / 1e3, "p999": int(p999) / 1e3}
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        out.extend(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return out
 
 
 def unbound(workdir: Path, dns_port: int) -> subprocess.Popen[bytes]:
@@ -139,41 +114,42 @@ def inside(args: argparse.Namespace) -> None:
     resolv.write_text("nameserver 127.0.0.1\n")
     subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
     workload = Workload(args.senders, args.requests, args.seed)
-    zones = Zones(workdir)
+    zones = Zones()
     for origin, text in workload.zones().items():
         zones.add_zone(dns.zone.from_text(text, origin=origin, relativize=False))
-    client = build(workdir, "loadclient")
-    milter_client = build(workdir, "miltersessions")
-    reqs = requests_file(workload, workdir / "requests.txt")
-    sessions = sessions_file(workload, workdir / "sessions.bin")
+    requests = [r for r in workload.requests if r.cls != "timeout"]
+    traces = {protocol: load.write_trace(protocol, requests, workdir / f"{protocol}.bin")
+              for protocol in ("policy", "msgpack-rpc", "milter")}
     procs: list[subprocess.Popen[bytes]] = []
-    results: dict[str, dict[str, float]] = {}
+    ports: dict[tuple[str, str], int] = {}
+    results: dict[str, object] = {}
     with TestDnsServer(zones, rtt=args.rtt) as server:
         try:
             procs.append(unbound(workdir, server.port))
-            null_port, peer_port = free_port(), free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "bench.nullserver", "--protocol", "policy", "--port",
-                                           str(null_port), "--workers", "2"], cwd=ROOT))
-            procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{peer_port},bind=127.0.0.1,reuseaddr,fork",
-                                           "EXEC:/usr/bin/policyd-spf"], stderr=subprocess.DEVNULL))
-            port, milter_port, null_milter, peer_milter = free_port(), free_port(), free_port(), free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "bench.nullserver", "--protocol", "milter", "--port",
-                                           str(null_milter), "--workers", "2"], cwd=ROOT))
+            nulls = {}
+            for protocol in ("policy", "msgpack-rpc", "milter"):
+                ports[(protocol, "null")] = free_port()
+                nulls[protocol] = subprocess.Popen(
+                    [sys.executable, "-m", "bench.nullserver", "--protocol", protocol, "--port",
+                     str(ports[(protocol, "null")]), "--workers", str(args.workers)], cwd=ROOT)
+                procs.append(nulls[protocol])
+            ports[("policy", "policyd-spf")] = free_port()
+            procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{ports[('policy', 'policyd-spf')]},bind=127.0.0.1,"
+                                           "reuseaddr,fork", "EXEC:/usr/bin/policyd-spf"], stderr=subprocess.DEVNULL))
+            ports[("milter", "pyspf-milter")] = free_port()
             (workdir / "pyspf-milter.conf").write_text(
                 f"debugLevel = 0\nTestOnly = 1\nHELO_reject = Fail\nMail_From_reject = Fail\n"
-                f"Socket = inet:{peer_milter}@127.0.0.1\nPidFile = {workdir}/pyspf-milter.pid\n"
+                f"Socket = inet:{ports[('milter', 'pyspf-milter')]}@127.0.0.1\nPidFile = {workdir}/pyspf-milter.pid\n"
                 f"UserID = pyspf-milter\nInternalHosts = 127.0.0.1\n")
             procs.append(subprocess.Popen(["pyspf-milter", str(workdir / "pyspf-milter.conf")],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            toml = f"""
-[[listen]]
-protocol = "policy"
-address = "127.0.0.1:{port}"
-[[listen]]
-protocol = "milter"
-address = "127.0.0.1:{milter_port}"
+            listen = ""
+            for protocol in ("policy", "msgpack-rpc", "milter"):
+                ports[(protocol, "checkid")] = free_port()
+                listen += f'[[listen]]\nprotocol = "{protocol}"\naddress = "127.0.0.1:{ports[(protocol, "checkid")]}"\n'
+            toml = f"""{listen}
 [server]
-workers = 2
+workers = {args.workers}
 log_level = "warning"
 state_dir = "{workdir / 'state'}"
 [dns]
@@ -183,17 +159,28 @@ zone = "{REGISTRY}"
 [prescreen]
 dnsbl = [{{ zone = "{DNSBL}" }}]
 """
-            for p in (null_port, peer_port, null_milter, peer_milter):
-                wait_for_port(p)
-            with Checkid(toml, workdir, [port, milter_port]):
-                runs = [("null", null_port, client, reqs, 0), ("checkid", port, client, reqs, 0),
-                        ("policyd-spf", peer_port, client, reqs, 0),
-                        ("null milter", null_milter, milter_client, sessions, None),
-                        ("checkid milter", milter_port, milter_client, sessions, None),
-                        ("pyspf-milter", peer_milter, milter_client, sessions, None)]
-                for name, p, c, data, rate in runs:
-                    run_load(c, p, args.connections, args.warm, data, rate)  # warms Unbound and caches
-                    results[name] = run_load(c, p, args.connections, args.seconds, data, rate)
+            for key, port in ports.items():
+                if key[1] != "checkid":
+                    wait_for_port(port)
+            checkid_ports = [port for (_, name), port in ports.items() if name == "checkid"]
+            with Checkid(toml, workdir, checkid_ports) as checkid:
+                assert checkid.proc is not None
+                runs: dict[str, dict[str, dict[str, float]]] = {}
+                for protocol, name in RUNS:
+                    port, trace = ports[(protocol, name)], traces[protocol]
+                    load.run(protocol, port, trace, args.connections, args.warm)  # warms Unbound and the caches
+                    result = load.run(protocol, port, trace, args.connections, args.seconds)
+                    runs.setdefault(protocol, {})[name] = {**asdict(result), "rate": result.rate}
+                results["runs"] = runs
+                top = runs["policy"]["checkid"]["rate"]
+                sweep = []
+                for share in args.loads:
+                    result = load.run("policy", ports[("policy", "checkid")], traces["policy"], args.connections,
+                                      args.sweep_seconds, rate=share * top)
+                    sweep.append({"share": share, "offered": share * top, **asdict(result), "rate": result.rate})
+                results["sweep"] = sweep
+                results["rss"] = {"checkid": rss_kib(checkid.proc.pid, "checkid-w"),
+                                  "null": rss_kib(nulls["policy"].pid)}
         finally:
             for proc in procs:
                 proc.terminate()
@@ -202,51 +189,99 @@ dnsbl = [{{ zone = "{DNSBL}" }}]
                 except subprocess.TimeoutExpired:
                     proc.kill()
             shutil.rmtree(workdir, ignore_errors=True)
+    results["versions"] = versions()
     print(json.dumps(results))
 
 
+def versions() -> dict[str, str]:
+    """The peers' Debian package versions."""
+    out = {}
+    for package in ("postfix-policyd-spf-python", "pyspf-milter", "unbound"):
+        q = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
+        out[package] = q.stdout.strip() or "?"
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="checkid vs policyd-spf vs the null server")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warm", type=float, default=5.0)
+    args = parse_args()
+    results = measure(args)
+    print(report(results, args))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="checkid vs policyd-spf, pyspf-milter and the null servers")
+    parser.add_argument("--seconds", type=float, default=8.0, help="each measured run")
+    parser.add_argument("--warm", type=float, default=3.0, help="each warm-up run before it")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="checkid's and the null servers'")
     parser.add_argument("--senders", type=int, default=500)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rtt", type=float, default=0.0)
-    args = parser.parse_args()
-    if os.environ.get("CHECKID_BENCH_NS") != "1":
-        env = {**os.environ, "CHECKID_BENCH_NS": "1"}
-        out = subprocess.run(["unshare", "-mn", sys.executable, "-m", "bench.peers", *sys.argv[1:]], cwd=ROOT,
-                             env=env, capture_output=True, text=True, timeout=args.seconds * 6 + 600)
-        if out.returncode != 0:
-            sys.exit(out.stderr[-4000:])
-        results = json.loads(out.stdout.strip().splitlines()[-1])
-        report(results, args)
-        return
-    inside(args)
+    parser.add_argument("--loads", type=lambda t: [float(x) for x in t.split(",")],
+                        default=[0.1, 0.3, 0.5, 0.7, 0.9], help="offered load sweep, shares of the maximum")
+    parser.add_argument("--sweep-seconds", type=float, default=4.0)
+    return parser.parse_args(argv)
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    print(f"policy protocol, {args.connections} connections, warm Unbound, trace of {args.requests} requests "
-          f"from {args.senders} senders (seed {args.seed})")
-    _table(results, "server", "decisions/s", ("checkid", "policyd-spf", "null"))
-    print(f"milter, whole sessions (a new connection each), {args.connections} concurrent")
-    _table(results, "milter", "sessions/s", ("checkid milter", "pyspf-milter", "null milter"))
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run everything inside a fresh network and mount namespace; return the results."""
+    if os.environ.get("CHECKID_BENCH_NS") == "1":
+        raise RuntimeError("already inside the benchmark namespace")
+    env = {**os.environ, "CHECKID_BENCH_NS": "1"}
+    argv = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()]
+    budget = (args.seconds + args.warm) * len(RUNS) + args.sweep_seconds * len(args.loads) + 600
+    out = subprocess.run(["unshare", "-mn", sys.executable, "-m", "bench.peers", *argv], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=budget)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-4000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _table(results: dict[str, dict[str, float]], what: str, unit: str, names: tuple[str, str, str]) -> None:
-    """Rows for (checkid, peer, null), with the ratios to the peer and to the null server."""
-    _, peer, null = names
-    print()
-    print(f"| {what} | {unit} | p50 | p90 | p99 | errors | vs {peer} | vs {null} |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in names:
-        r = results[name]
-        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} ms | {r['p90']:.2f} ms | {r['p99']:.2f} ms | "
-              f"{r['errors']:.0f} | {r['rate'] / results[peer]['rate']:.2f}× | {r['rate'] / results[null]['rate']:.2f}× |")
-    print()
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    runs = results["runs"]
+    v = results["versions"]
+    out = [f"Trace: {args.requests} requests from {args.senders} senders (seed {args.seed}), DNS-timeout senders left "
+           f"out; {args.connections} connections, one request in flight each; checkid and the null servers with "
+           f"{args.workers} workers; {args.warm:g} s warm-up then {args.seconds:g} s measured per row. Peers: "
+           f"postfix-policyd-spf-python {v['postfix-policyd-spf-python']}, pyspf-milter {v['pyspf-milter']}, "
+           f"Unbound {v['unbound']}.", ""]
+    units = {"policy": "decisions/s", "msgpack-rpc": "decisions/s", "milter": "sessions/s"}
+    for protocol, rows in runs.items():
+        peer = PEER.get(protocol)
+        head = f"| {protocol} server | {units[protocol]} | p50 | p90 | p99 | p99.9 | errors | vs null server |"
+        sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        if peer:
+            head += f" vs {peer} |"
+            sep += "---:|"
+        out += [head, sep]
+        for name, r in rows.items():
+            line = (f"| {name} | {r['rate']:,.0f} | {ms(r['p50'])} | {ms(r['p90'])} | {ms(r['p99'])} | {ms(r['p999'])} "
+                    f"| {r['errors']} | {r['rate'] / rows['null']['rate']:.2f}× |")
+            if peer:
+                line += f" {r['rate'] / rows[peer]['rate']:.2f}× |"
+            out.append(line)
+        out.append("")
+    out += ["Offered load sweep, checkid through the policy protocol (latency from each request's scheduled "
+            "send time):", "",
+            "| offered load | offered/s | achieved/s | p50 | p90 | p99 | p99.9 | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["sweep"]:
+        out.append(f"| {r['share'] * 100:.0f} % | {r['offered']:,.0f} | {r['rate']:,.0f} | {ms(r['p50'])} | "
+                   f"{ms(r['p90'])} | {ms(r['p99'])} | {ms(r['p999'])} | {r['errors']} |")
+    rss = results["rss"]
+    out += ["", f"Worker RSS after the run: checkid {', '.join(f'{k / 1024:.1f} MiB' for k in rss['checkid'])}; "
+            f"null server worker {', '.join(f'{k / 1024:.1f} MiB' for k in rss['null'])} (Python, uvloop and the "
+            "protocol code, no engine)."]
+    return "\n".join(out)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get("CHECKID_BENCH_NS") == "1":
+        inside(parse_args())
+    else:
+        main()

@@ -15,11 +15,14 @@ import argparse
 import os
 import platform
 import shutil
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import dns.zone
 
 from bench import load
+from bench.workload import Request
 from tests.dnsserver import TestDnsServer, Zones
 from tests.processes import Checkid, free_port, world_readable_tmpdir
 
@@ -61,13 +64,48 @@ zone = "benchreg.test"
     return checkid
 
 
-def workload(ids: int, connections: int) -> list[list[bytes]]:
-    """Every ID from every connection, each connection starting at a different ID."""
-    per = []
-    for c in range(connections):
-        order = [(i + c * ids // connections) % ids for i in range(ids)]
-        per.append([load.request(f"192.0.2.{1 + c}", f"id{i}.bench.test", i * connections + c) for i in order])
-    return per
+def trace(ids: int, path: Path) -> Path:
+    """One request per ID, in order; the client's connections each start at a different ID."""
+    return load.write_trace("policy", (Request("pass", "192.0.2.1", f"id{i}.bench.test", f"bounce-{i}@id{i}.bench.test",
+                                               "user@example.org") for i in range(ids)), path)
+
+
+def measure(seconds: float, connections: int, ids: int) -> dict[str, Any]:
+    """Warm decisions/s with 1 and 2 workers; upstream queries per decision, shared layer off/on."""
+    out: dict[str, Any] = {"warm": {}, "queries_per_decision": {}, "decisions": {}}
+    tmp = world_readable_tmpdir("checkid-bench-trace-")
+    with TestDnsServer(bench_zones(ids)) as server:
+        warm_set = trace(200, tmp / "warm.bin")
+        for workers in (1, 2):
+            with daemon(server, workers, shared=True) as checkid:
+                load.run("policy", checkid.port, warm_set, connections, 60, max_requests=200)  # warm up
+                out["warm"][workers] = asdict(load.run("policy", checkid.port, warm_set, connections, seconds))
+                shutil.rmtree(checkid.workdir, ignore_errors=True)
+        cold = trace(ids, tmp / "cold.bin")
+        for shared in (False, True):
+            with daemon(server, 2, shared=shared) as checkid:
+                result = load.run("policy", checkid.port, cold, connections, 120, max_requests=ids * connections,
+                                  dns=server.address)
+                out["queries_per_decision"][shared] = result.queries_per_decision or 0.0
+                out["decisions"][shared] = result.requests
+                shutil.rmtree(checkid.workdir, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def table(results: dict[str, Any], connections: int, ids: int) -> str:
+    lines = ["| measurement | value | ratio |", "|---|---:|---:|"]
+    warm = {w: load.Result(**r) for w, r in results["warm"].items()}
+    for workers, r in warm.items():
+        lines.append(f"| warm decisions/s, policy protocol, {workers} worker{'s' if workers > 1 else ''}, "
+                     f"{connections} connections | {r.rate:,.0f}/s (p50 {r.p50 * 1e3:.2f} ms, p99 {r.p99 * 1e3:.2f} "
+                     f"ms, {r.errors} errors) | {r.rate / warm[1].rate:.2f}× |")
+    per = results["queries_per_decision"]
+    for shared in (False, True):
+        lines.append(f"| upstream DNS queries per decision, 2 workers, shared layer {'on' if shared else 'off'} "
+                     f"({results['decisions'][shared]} decisions, {ids} IDs) | {per[shared]:.3f} | "
+                     f"{per[shared] / per[False]:.2f}× |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -76,36 +114,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--ids", type=int, default=1000)
     args = parser.parse_args()
-    rows = []
-    with TestDnsServer(bench_zones(args.ids)) as server:
-        warm_set = workload(200, args.connections)
-        rates = {}
-        for workers in (1, 2):
-            with daemon(server, workers, shared=True) as checkid:
-                load.run(checkid.port, warm_set, seconds=60, max_requests=len(warm_set[0]))  # warm up
-                result = load.run(checkid.port, warm_set, seconds=args.seconds)
-                rates[workers] = result
-                shutil.rmtree(checkid.workdir, ignore_errors=True)
-            rows.append(f"| warm decisions/s, policy protocol, {workers} worker{'s' if workers > 1 else ''}, "
-                        f"{args.connections} connections | {result.rate:,.0f}/s (p50 {result.percentile(50)*1e3:.2f} ms, "
-                        f"p99 {result.percentile(99)*1e3:.2f} ms, {result.errors} errors) | "
-                        f"{result.rate / rates[1].rate:.2f}× |")
-        cold = workload(args.ids, args.connections)
-        per_decision = {}
-        for shared in (False, True):
-            with daemon(server, 2, shared=shared) as checkid:
-                server.reset_counts()
-                result = load.run(checkid.port, cold, seconds=120, max_requests=len(cold[0]))
-                per_decision[shared] = server.total / result.requests
-                shutil.rmtree(checkid.workdir, ignore_errors=True)
-            rows.append(f"| upstream DNS queries per decision, 2 workers, shared layer {'on' if shared else 'off'} "
-                        f"({result.requests} decisions, {args.ids} IDs) | {per_decision[shared]:.3f} | "
-                        f"{per_decision[shared] / per_decision[False]:.2f}× |")
+    results = measure(args.seconds, args.connections, args.ids)
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores (load client and server share them)")
     print()
-    print("| measurement | value | ratio |")
-    print("|---|---:|---:|")
-    print("\n".join(rows))
+    print(table(results, args.connections, args.ids))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Codec cost per request (pytest-benchmark), beside the bare minimum measured in the same run.
 
-Run: ``sh bench/codecs``. References: for the policy protocol, splitting the same request
+Run: ``sh bench/micro``. References: for the policy protocol, splitting the same request
 into a dict with ``bytes.split`` and nothing else; for MessagePack-RPC, ``msgpack.unpackb`` /
 ``msgpack.packb`` alone. The ratio is what the codec's checks and bookkeeping cost.
 """

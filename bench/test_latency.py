@@ -1,7 +1,7 @@
 """Per-decision latency (pytest-benchmark), beside a reference measured in the same run.
 
 Run: ``.venv/bin/python -m pytest bench/test_latency.py --benchmark-only`` (or
-``sh bench/latency`` to also write the table for bench/RESULTS.md).
+``sh bench/micro`` to also write the table for bench/RESULTS.md).
 
 Each round runs BATCH decisions inside one task on a uvloop loop, so the figures are per
 round; divide by BATCH (the report does) for one decision. The reference is pyspf's own

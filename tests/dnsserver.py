@@ -8,7 +8,9 @@ REFUSED for names outside its zones, so nothing leaves the machine.
 Faults are injected per name: ``delay`` (seconds before answering), ``drop`` (never
 answer: a timeout), ``servfail`` and ``truncate`` (TC bit over UDP, so the client retries
 over TCP). ``rtt`` delays every answer, to model the Internet behind a cache miss.
-``queries`` counts what was asked, so tests can prove what a cache saved.
+``queries`` counts what was asked, so tests can prove what a cache saved; a process
+outside can read the total with a CHAOS-class TXT query for ``queries.server.`` (not counted),
+as ``dig @127.0.0.1 -p PORT CH TXT queries.server`` or :func:`queries_asked`.
 
 Run standalone: ``python -m tests.dnsserver --zones tests/zones --port 5353``.
 """
@@ -47,10 +49,11 @@ class Fault:
 class Zones:
     """The zone data and the lookup logic, with no I/O."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path | None = None) -> None:
+        """Every zone file of ``folder``; none without one (add zones with :meth:`add_zone`)."""
         self.zones: dict[dns.name.Name, dns.zone.Zone] = {}
         self._names: dict[dns.name.Name, set[dns.name.Name]] = {}
-        for path in sorted(Path(folder).glob("*.zone")):
+        for path in sorted(Path(folder).glob("*.zone")) if folder is not None else ():
             self.add_file(path)
 
     def add_file(self, path: Path) -> None:
@@ -244,6 +247,8 @@ class TestDnsServer:
             return None, 0.0
         q = query.question[0]
         name = q.name.to_text(omit_final_dot=True).lower()
+        if q.rdclass == dns.rdataclass.CH:
+            return self._chaos(query, name, q.rdtype), 0.0
         with self._lock:
             self.queries[(name, dns.rdatatype.to_text(q.rdtype))] += 1
         fault = self.faults.get(name, _NO_FAULT)
@@ -271,6 +276,14 @@ class TestDnsServer:
             response.flags |= dns.flags.TC
             out = response.to_wire()
         return out, fault.delay + self.rtt
+
+    def _chaos(self, query: dns.message.Message, name: str, rdtype: int) -> bytes:
+        response = dns.message.make_response(query)
+        if name == "queries.server" and rdtype == dns.rdatatype.TXT:
+            response.answer.append(dns.rrset.from_text(query.question[0].name, 0, "CH", "TXT", f'"{self.total}"'))
+        else:
+            response.set_rcode(dns.rcode.REFUSED)
+        return response.to_wire()
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -313,6 +326,15 @@ class _Udp(asyncio.DatagramProtocol):
     def _send(self, out: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(out, addr)
+
+
+def queries_asked(address: str) -> int:
+    """The total query count of a test DNS server at ``host:port`` (its CHAOS TXT answer)."""
+    import dns.query
+    host, _, port = address.rpartition(":")
+    query = dns.message.make_query("queries.server.", "TXT", "CH")
+    response = dns.query.udp(query, host, timeout=5, port=int(port))
+    return int(response.answer[0][0].strings[0])
 
 
 def main() -> None:

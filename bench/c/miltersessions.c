@@ -1,13 +1,14 @@
 /* Milter load client: plays whole sessions as an MTA does, bounded by SECONDS.
  *
- *   miltersessions HOST PORT CONNECTIONS SECONDS SESSIONS_FILE
+ *   miltersessions HOST PORT CONNECTIONS SECONDS MAX_SESSIONS SESSIONS_FILE
  *
  * SESSIONS_FILE holds sessions, each: u32 count, then count commands, each u32 length +
  * the command's milter packet (bench/peers.py writes it). The first command must be
  * OPTNEG; the client reads the milter's reply and, like Postfix, then waits for a reply
  * only to commands the milter did not ask not to answer (NR_* bits), and at end of message
  * reads modifications until the verdict. One session at a time per connection (thread),
- * a new TCP connection per session, QUIT at the end. Prints one line:
+ * a new TCP connection per session, QUIT at the end. Stops after SECONDS or MAX_SESSIONS in
+ * all (0 = no limit). Prints one line:
  *   sessions errors seconds p50_us p90_us p99_us p999_us
  * Loopback only.
  */
@@ -16,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,8 @@ struct cmd { uint32_t len; const unsigned char *data; };
 struct session { uint32_t n; struct cmd *cmds; };
 
 static int port, nconn, nsess;
+static long max_sessions;
+static atomic_long started;
 static double seconds;
 static struct session *sess;
 
@@ -120,6 +124,7 @@ static void *run(void *arg) {
     double end = now() + seconds;
     long i = (long)w->index * nsess / nconn;
     while (now() < end) {
+        if (max_sessions && atomic_fetch_add(&started, 1) >= max_sessions) break;
         double t0 = now();
         if (play(&sess[i++ % nsess]) < 0) { w->errors++; continue; }
         if (w->nlat < MAX_SAMPLES / nconn) w->lat[w->nlat++] = (unsigned)((now() - t0) * 1e6);
@@ -133,11 +138,11 @@ static int cmp(const void *a, const void *b) { unsigned x = *(const unsigned *)a
 static uint32_t u32(const unsigned char *p) { return (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]; }
 
 int main(int argc, char **argv) {
-    if (argc != 6) { fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS SESSIONS_FILE\n", argv[0]); return 2; }
+    if (argc != 7) { fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS MAX_SESSIONS SESSIONS_FILE\n", argv[0]); return 2; }
     if (strcmp(argv[1], "127.0.0.1")) { fprintf(stderr, "loopback only\n"); return 2; }
-    port = atoi(argv[2]); nconn = atoi(argv[3]); seconds = atof(argv[4]);
-    FILE *f = fopen(argv[5], "rb");
-    if (!f) { perror(argv[5]); return 2; }
+    port = atoi(argv[2]); nconn = atoi(argv[3]); seconds = atof(argv[4]); max_sessions = atol(argv[5]);
+    FILE *f = fopen(argv[6], "rb");
+    if (!f) { perror(argv[6]); return 2; }
     fseek(f, 0, SEEK_END); long size = ftell(f); fseek(f, 0, SEEK_SET);
     unsigned char *data = malloc(size);
     if (fread(data, 1, size, f) != (size_t)size) { perror("read"); return 2; }
