@@ -10,6 +10,7 @@ from typing import Any
 
 from checkid.engine.engine import Engine
 from checkid.engine.errors import ProtocolError
+from checkid.protocols import eager
 from checkid.protocols.flow import FlowControl
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,
                                                  RpcParser, encode_response)
@@ -28,7 +29,7 @@ class RpcProtocol(asyncio.Protocol):
         self.idle_timeout = idle_timeout
         self.parser = RpcParser()
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
         self.peer = "?"
         self.eof = False
 
@@ -84,11 +85,13 @@ class RpcProtocol(asyncio.Protocol):
             task.cancel()
 
     def _start(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        task = eager.start(coro)  # a warm decision answers here, with no Task
+        if task.done():
+            return self._done(task)
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)
         if self.eof and not self.tasks and self.transport is not None:
             self.transport.close()

@@ -15,6 +15,7 @@ from collections import deque
 
 from checkid.engine.engine import Engine
 from checkid.engine.errors import ProtocolError
+from checkid.protocols import eager
 from checkid.protocols.flow import FlowControl
 from checkid.protocols.postfix_policy.codec import RequestParser, encode_reply
 from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
@@ -34,7 +35,7 @@ class PolicyProtocol(asyncio.Protocol):
         self.oneshot = oneshot
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser()
-        self.tasks: deque[asyncio.Task[str]] = deque()
+        self.tasks: deque[asyncio.Future[str]] = deque()
         self.eof = False
         self.done = False
         self.peer = "?"
@@ -88,12 +89,15 @@ class PolicyProtocol(asyncio.Protocol):
         while (request := self.parser.next_event()) is not None:
             if self.done or (self.oneshot and self.tasks):
                 continue  # oneshot: only the first request of the connection is answered
-            task = asyncio.ensure_future(self.session.answer(request))
-            task.add_done_callback(self._flush)
+            task = eager.start(self.session.answer(request))  # a warm answer is done here
             self.tasks.append(task)
+            if task.done():
+                self._flush(task)
+            else:
+                task.add_done_callback(self._flush)
         self.flow.update()
 
-    def _flush(self, _task: asyncio.Task[str]) -> None:
+    def _flush(self, _task: asyncio.Future[str]) -> None:
         assert self.transport is not None
         while self.tasks and self.tasks[0].done() and not self.done:
             task = self.tasks.popleft()

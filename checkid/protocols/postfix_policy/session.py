@@ -10,11 +10,13 @@ prepended once per message: a later PREPEND is answered DUNNO.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from dataclasses import dataclass
 
 from checkid.engine.decision import Decision, Envelope
 from checkid.engine.errors import ProtocolError
+from checkid.protocols import eager
 from checkid.protocols.decisionlog import log_decision
 from checkid.protocols.postfix_policy.codec import Request
 from checkid.protocols.postfix_policy.replies import ReplyOptions, render
@@ -44,7 +46,7 @@ def envelope(request: Request) -> Envelope:
 class PolicySession:
     """Answers the requests of one connection, in the order given to :meth:`answer`."""
 
-    def __init__(self, decide: Callable[[Envelope], Awaitable[Decision]], options: PolicyOptions,
+    def __init__(self, decide: Callable[[Envelope], Coroutine[Any, Any, Decision]], options: PolicyOptions,
                  clock: Callable[[], float], front: str = "policy",
                  recipient_class: Callable[[str], str] = lambda rcpt: "") -> None:
         self._decide = decide
@@ -72,7 +74,7 @@ class PolicySession:
         if pending is None:
             env = envelope(request)
             start = self._clock()
-            pending = asyncio.ensure_future(self._decide(env))
+            pending = eager.start(self._decide(env))
             self._decisions[rclass] = pending
             decision = await pending
             log_decision(self._front, request.get("queue_id", ""), env, decision, self._clock() - start)
