@@ -4,7 +4,7 @@
 2. upstream DNS queries per decision with 2 workers, shared cache layer on and off, on the
    same cold workload (every identity asked from every connection, so both workers see it).
 
-    .venv/bin/python -m bench.runtime [--seconds 10] [--connections 4] [--ids 1000]
+    .venv/bin/python -m bench.runtime [--seconds 10] [--connections 16] [--ids 1000]
 
 Prints the markdown table for bench/RESULTS.md. Everything runs on loopback: the project's
 test DNS server (in this process) and ``checkid serve`` (a subprocess) on free ports.
@@ -111,7 +111,7 @@ def table(results: dict[str, Any], connections: int, ids: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="pre-fork runtime benchmark")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--ids", type=int, default=1000)
     args = parser.parse_args()
     results = measure(args.seconds, args.connections, args.ids)
