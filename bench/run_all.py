@@ -1,6 +1,6 @@
 """Every benchmark in one run; writes bench/RESULTS.md and bench/latency-vs-load.png.
 
-    sh bench/run_all            (about 6 minutes on 2 cores; needs sh scripts/bench-deps)
+    sh bench/run_all            (about 3 minutes on 2 cores; needs sh scripts/bench-deps)
     sh bench/run_all --smoke --out /tmp/b   (seconds: proves the suite runs, figures meaningless)
 
 In order: the pytest-benchmark micro-benchmarks (bench/test_*.py), the front-ends beside
