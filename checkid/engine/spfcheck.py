@@ -84,11 +84,7 @@ class _Session:
             self.expires = min(self.expires, entry[1])
             if self.trace is not None:
                 self.trace.add("dns", f"{key[0]} {qtype}: {answer.describe()} [cache]")
-        if qtype in ("TXT", "SPF") and answer.outcome is Outcome.ANSWER:
-            if any(b"%" in chunk for rec in answer.records for chunk in rec):
-                self.macros = True
-            for target in chain_targets(answer.records):
-                self.client.prefetch(target, "TXT")
+            self.learn(key, answer)
         if answer.is_error:
             self.error = True
             raise spf.TempError(f"DNS {answer.outcome.name} for {key[0]} {qtype}")
@@ -103,6 +99,16 @@ class _Session:
                     out.extend(((exchange, "A"), a) for a in known[0].records)
         return out
 
+    def learn(self, key: tuple[str, str], answer: DnsAnswer) -> None:
+        """Keep an answer for the reruns of this check; a TXT record is read once: does it
+        use macros, and which lookups come next (asked now, all at once)."""
+        self.answers[key] = answer
+        if key[1] in ("TXT", "SPF") and answer.outcome is Outcome.ANSWER:
+            if any(b"%" in chunk for rec in answer.records for chunk in rec):
+                self.macros = True
+            for target in chain_targets(answer.records):
+                self.client.prefetch(target, "TXT")
+
 
 def chain_targets(records: tuple[Any, ...]) -> list[str]:
     """The ``include:`` and ``redirect=`` domains of the SPF records among TXT ``records``
@@ -110,7 +116,7 @@ def chain_targets(records: tuple[Any, ...]) -> list[str]:
     targets = []
     for record in records:
         text = b"".join(record)
-        if not text[:7].lower() == b"v=spf1 " or b"%" in text:
+        if text[:7].lower() != b"v=spf1 " or b"%" in text:
             continue
         for term in text.decode("ascii", "replace").lower().split()[1:]:
             term = term.lstrip("+-~?")
@@ -176,7 +182,7 @@ class SpfChecker:
                 break
             key_missed = session.missed
             answer = await self.client.resolve(key_missed[0], key_missed[1], trace)
-            session.answers[key_missed] = answer
+            session.learn(key_missed, answer)
             # an answer that could not be cached (TTL 0) makes the result uncacheable too
             session.expires = min(session.expires, self.clock() + answer.ttl)
         else:
