@@ -30,11 +30,11 @@ import dns.query
 import uvloop
 
 from bench.workload import DNSBL, REGISTRY, Sender, Workload
-from checkid.engine.config import Config, DnsConfig, DnsList, PrescreenConfig, RegistryConfig
+from checkid.config import Config, DnsConfig, DnsList, PrescreenConfig, RegistryConfig
 from checkid.engine.decision import Envelope
 from checkid.engine.engine import Engine
-from tests.dnsserver import queries_asked
-from tests.processes import free_port
+from testsupport.dnsserver import queries_asked
+from testsupport.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def dns_server(workload: Workload, folder: Path, rtt: float) -> Iterator[str]:
     for origin, text in workload.zones().items():
         (folder / f"{origin}.zone").write_text(text)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.dnsserver", "--zones", str(folder), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "testsupport.dnsserver", "--zones", str(folder), "--port", str(port),
                              "--rtt", str(rtt)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -32,7 +32,7 @@ from checkid.protocols.milter import codec as milter_codec
 from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo, Mail,
                                              OptNeg, Quit, Rcpt)
 from checkid.protocols.postfix_policy.codec import encode_request
-from tests.dnsserver import queries_asked
+from testsupport.dnsserver import queries_asked
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".bench-build"

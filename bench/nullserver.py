@@ -15,9 +15,9 @@ from collections import Counter
 
 import uvloop
 
-from checkid.engine.config import Config, ListenConfig
+from checkid.config import Config, ListenConfig
 from checkid.engine.decision import Action, Decision, Envelope, Header
-from checkid.engine.runtime import protocol_factory
+from checkid.protocols.registry import protocol_factory
 
 DECISION = Decision(Action.ACCEPT, 250, "", "Sender OK",
                     (Header("Authent:", "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"),), "null")

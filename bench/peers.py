@@ -41,8 +41,8 @@ import dns.zone
 
 from bench import load
 from bench.workload import DNSBL, REGISTRY, Workload
-from tests.dnsserver import TestDnsServer, Zones
-from tests.processes import Checkid, free_port, wait_for_port, world_readable_tmpdir
+from testsupport.dnsserver import TestDnsServer, Zones
+from testsupport.processes import Checkid, free_port, wait_for_port, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 #: (protocol, server) in the order they run; the first of each protocol is its null server.

@@ -23,14 +23,14 @@ import dns.zone
 
 from bench import load
 from bench.workload import Request
-from tests.dnsserver import TestDnsServer, Zones
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.dnsserver import TestDnsServer, Zones
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
-ZONES = Path(__file__).resolve().parent.parent / "tests" / "zones"
+ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
 
 
 def bench_zones(ids: int) -> Zones:
-    """tests/zones plus a registry (benchreg.test) and SPF data (bench.test) for ``ids`` IDs."""
+    """testsupport/zones plus a registry (benchreg.test) and SPF data (bench.test) for ``ids`` IDs."""
     zones = Zones(ZONES)
     soa = "@ 3600 SOA ns hostmaster 1 3600 600 86400 300\n@ 3600 NS ns\n"
     reg = soa + "".join(f'id{i}.bench.test 3600 TXT "mth=SPF1+5 svc=S1:A,M2:A,H1:B"\n' for i in range(ids))

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from checkid.engine.cache import LayeredCache, MemoryCache
-from checkid.engine.dnsclient import DnsAnswer, Outcome
-from checkid.engine.lmdbcache import LmdbCache
+from checkid.engine.dns.cache import LayeredCache, MemoryCache
+from checkid.engine.dns.client import DnsAnswer, Outcome
+from checkid.runtime.lmdbcache import LmdbCache
 
 BATCH = 1000
 KEYS = [(f"d{i}.senders.example", "TXT") for i in range(BATCH)]

@@ -20,12 +20,12 @@ import uvloop
 
 from checkid.engine.decision import Action, Envelope
 from checkid.engine.engine import Engine
-from checkid.engine.spfcheck import install_hook
+from checkid.engine.checks.spfcheck import install_hook
 from tests.conftest import base_config
-from tests.dnsserver import TestDnsServer
+from testsupport.dnsserver import TestDnsServer
 
 BATCH = 100
-ZONES = Path(__file__).resolve().parent.parent / "tests" / "zones"
+ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 import sys
 
-from checkid.engine.cli import main
+from checkid.cli import main
 
 sys.exit(main())

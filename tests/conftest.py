@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from checkid.engine.config import Config, DnsConfig, RegistryConfig
+from checkid.config import Config, DnsConfig, RegistryConfig
 from checkid.engine.engine import Engine
-from tests.dnsserver import TestDnsServer
+from testsupport.dnsserver import TestDnsServer
 
-ZONES = Path(__file__).parent / "zones"
+ZONES = Path(__file__).resolve().parents[1] / "testsupport" / "zones"
 T = TypeVar("T")
 
 

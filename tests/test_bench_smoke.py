@@ -11,8 +11,8 @@ from dns.message import make_query
 from dns.query import udp
 
 from bench.load import PROTOCOLS
-from tests.dnsserver import queries_asked
-from tests.processes import free_port, wait_for_port
+from testsupport.dnsserver import queries_asked
+from testsupport.processes import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from checkid.engine import config as config_mod
-from checkid.engine.config import Config
+from checkid import config as config_mod
+from checkid.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def exported_metric_names(tmp_path):
     """The sample names of a real multiprocess exposition, every metric touched once."""
     script = textwrap.dedent(f"""
         from collections import Counter
-        from checkid.engine import metrics
+        from checkid.runtime import metrics
         metrics.prepare_dir({str(tmp_path / "metrics")!r})
         e = metrics.Exporter()
         counts = Counter({{(name, *("x" for _ in labels)): 1 for name, (_, labels) in metrics.COUNTERS.items()}})

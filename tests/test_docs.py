@@ -28,7 +28,7 @@ def test_postfix_guide_holds_the_tested_milter_settings():
 
 
 def test_sendmail_guide_holds_the_tested_mc_line():
-    mc = (ROOT / "tests" / "data" / "sendmail.mc").read_text()
+    mc = (ROOT / "testsupport" / "data" / "sendmail.mc").read_text()
     tested = next(line for line in mc.splitlines() if line.startswith("INPUT_MAIL_FILTER"))
     guide = (ROOT / "docs" / "sendmail.md").read_text()
     assert tested.replace("@MILTER@", "10033") in guide

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from checkid.engine import headers
 from checkid.engine.decision import Action, Decision, Envelope, Header
-from checkid.engine.iplists import IPAddress
-from checkid.engine.prescreen import ListResult, Verdict, reverse_name
-from checkid.engine.registry import Rating, Record, RegistryOutcome, RegistryResult, interpret
-from checkid.engine.reputation import Score, score
-from checkid.engine.spfcheck import SpfOutcome, SpfResult
+from checkid.engine.checks.iplists import IPAddress
+from checkid.engine.checks.prescreen import ListResult, Verdict, reverse_name
+from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, RegistryResult, interpret
+from checkid.engine.checks.reputation import Score, score
+from checkid.engine.checks.spfcheck import SpfOutcome, SpfResult
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain
 

@@ -6,11 +6,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from checkid.engine import config as config_mod
-from checkid.engine.config import Config
+from checkid import config as config_mod
+from checkid.config import Config
 from checkid.engine.decision import Envelope
 from checkid.engine.engine import Engine
-from checkid.engine.errors import CheckidError
+from checkid.errors import CheckidError
 
 _engine: Engine | None = None
 _loop: asyncio.AbstractEventLoop | None = None

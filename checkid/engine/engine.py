@@ -13,17 +13,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from checkid.engine import iplists, validate
-from checkid.engine.cache import Cache, MemoryCache
-from checkid.engine.config import Config
+from checkid.engine import validate
+from checkid.engine.checks import iplists
+from checkid.engine.dns.cache import Cache, MemoryCache
+from checkid.config import Config
 from checkid.engine.context import Context
 from checkid.engine.decision import Action, Decision, Envelope
-from checkid.engine.dnsclient import DEADLINE, DeadlineExceeded, DnsClient
-from checkid.engine.metrics import Exporter
+from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
+from checkid.runtime.metrics import Exporter
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
-from checkid.engine.prescreen import IPScreen
-from checkid.engine.reputation import RecipientThresholds
-from checkid.engine.spfcheck import SpfChecker
+from checkid.engine.checks.prescreen import IPScreen
+from checkid.engine.checks.reputation import RecipientThresholds
+from checkid.engine.checks.spfcheck import SpfChecker
 from checkid.engine.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Engine:
                  clock: Callable[[], float] = time.monotonic, metrics: Exporter | None = None) -> None:
         self.config = config = config or Config()
         self.clock = clock
-        #: plain counters keyed (name, *labels) (checkid.engine.metrics.COUNTERS)
+        #: plain counters keyed (name, *labels) (checkid.runtime.metrics.COUNTERS)
         self.counts: Counter[tuple[str, ...]] = Counter()
         #: connections open now, by front-end (kept by the front-ends)
         self.open_connections: Counter[str] = Counter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkid.engine.errors import PolicyError
+from checkid.errors import PolicyError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "policy" / "default.py"
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from checkid.engine.context import Auth, Context, Result
 from checkid.engine.decision import Action, Decision
-from checkid.engine.prescreen import ListResult, Verdict
-from checkid.engine.registry import Rating, Record, RegistryOutcome, RegistryResult
-from checkid.engine.reputation import Score
+from checkid.engine.checks.prescreen import ListResult, Verdict
+from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, RegistryResult
+from checkid.engine.checks.reputation import Score
 
 __all__ = ["Action", "Auth", "Context", "Decision", "ListResult", "Rating", "Record",
            "RegistryOutcome", "RegistryResult", "Result", "Score", "Verdict"]

@@ -5,7 +5,7 @@ import functools
 import ipaddress
 import re
 
-from checkid.engine.iplists import IPAddress
+from checkid.engine.checks.iplists import IPAddress
 
 #: RFC 5321 §4.5.3.1.2: a domain is at most 255 octets (253 characters in text form)
 MAX_DOMAIN = 253

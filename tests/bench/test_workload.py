@@ -7,11 +7,11 @@ from collections import Counter
 import dns.zone
 
 from bench.workload import DNSBL, DOMAINS, FRACTIONS, REGISTRY, Workload
-from checkid.engine.config import DnsList, PrescreenConfig, RegistryConfig
+from checkid.config import DnsList, PrescreenConfig, RegistryConfig
 from checkid.engine.decision import Action, Envelope
 from checkid.engine.engine import Engine
 from tests.conftest import base_config, run
-from tests.dnsserver import TestDnsServer, Zones
+from testsupport.dnsserver import TestDnsServer, Zones
 
 EXPECTED = {"spammer": Action.REJECT, "pass": Action.ACCEPT, "fail": Action.REJECT,
             "unregistered": Action.FILTER, "softfail": Action.FILTER, "timeout": Action.TEMPFAIL}
@@ -54,9 +54,9 @@ def test_every_class_is_decided_as_intended(tmp_path):
 
 
 def test_the_dns_server_adds_its_round_trip_time(tmp_path):
-    from checkid.engine.cache import MemoryCache
-    from checkid.engine.config import DnsConfig
-    from checkid.engine.dnsclient import DnsClient, Outcome
+    from checkid.engine.dns.cache import MemoryCache
+    from checkid.config import DnsConfig
+    from checkid.engine.dns.client import DnsClient, Outcome
 
     w = Workload(10, 0, seed=1)
     zones = Zones(tmp_path)

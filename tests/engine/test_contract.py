@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import checkid
-from checkid.engine.errors import CheckidError
+from checkid.errors import CheckidError
 from tests.conftest import base_config, run
 
 SEED_REJECT = ("REJECT", (550, "5.7.1", "Sending MTA '192.0.2.1' not authorized by 'example.net'"), [])

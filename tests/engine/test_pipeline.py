@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkid.engine.config import (BlacklistConfig, DnsConfig, DnsList, HeadersConfig, IdentityConfig,
+from checkid.config import (BlacklistConfig, DnsConfig, DnsList, HeadersConfig, IdentityConfig,
                                    PolicyConfig, PrescreenConfig, RatingService, ReputationConfig)
 from checkid.engine.decision import Action, Envelope
 from tests.conftest import run

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from checkid.engine import policy
-from checkid.engine.config import PolicyConfig
+from checkid.config import PolicyConfig
 from checkid.engine.decision import Action, Envelope
-from checkid.engine.errors import PolicyError
+from checkid.errors import PolicyError
 from tests.conftest import run
 
 DEFAULT_SOURCE = policy.DEFAULT_PATH.read_text()

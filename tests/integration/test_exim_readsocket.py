@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mta import Exim
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.mta import Exim
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 CONFIG = (Path(__file__).parents[1] / "data" / "exim.conf").read_text()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 SCRIPTS = Path(__file__).parents[1] / "data" / "milter"
 

@@ -7,8 +7,8 @@ import smtplib
 import pytest
 
 from checkid.protocols.msgpack_rpc.client import Client
-from tests.mta import Postfix
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.mta import Postfix
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from checkid.engine.policy import DEFAULT_PATH
 from checkid.protocols.postfix_policy import codec as pol
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 #: bounds on every wait and load loop below
 WAIT_SECONDS = 20.0

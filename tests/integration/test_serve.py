@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from checkid.protocols.msgpack_rpc.client import Client
-from tests.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 
 def query(*args):

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from checkid.engine.config import ListenConfig, ServerConfig
+from checkid.config import ListenConfig, ServerConfig
 from checkid.engine.engine import Engine
-from checkid.engine.runtime import protocol_factory
+from checkid.protocols.registry import protocol_factory
 from checkid.protocols.flow import FlowControl
 from tests.conftest import base_config, run
 

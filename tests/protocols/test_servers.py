@@ -6,10 +6,10 @@ import asyncio
 import msgpack
 import pytest
 
-from checkid.engine.config import ListenConfig
+from checkid.config import ListenConfig
 from checkid.engine.decision import Envelope
 from checkid.engine.engine import Engine
-from checkid.engine.runtime import protocol_factory
+from checkid.protocols.registry import protocol_factory
 from checkid.protocols.msgpack_rpc import codec as rpc
 from checkid.protocols.msgpack_rpc.client import AsyncClient, CallFailed, Client
 from checkid.protocols.postfix_policy import codec as pol

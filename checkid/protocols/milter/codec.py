@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
                                              ChangeHeader, Command, Connect, Data, DeleteRecipient, EndOfHeaders,
                                              EndOfMessage, Header, Helo, InsertHeader, Macro, Mail, OptNeg,

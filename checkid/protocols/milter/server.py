@@ -13,7 +13,7 @@ import socket
 import time
 
 from checkid.engine.engine import Engine
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.flow import FlowControl
 from checkid.protocols.milter.codec import CommandParser, encode_response
 from checkid.protocols.milter.events import Response

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checkid.engine.decision import Action, Decision, Envelope
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.decisionlog import log_decision
 from checkid.protocols.milter import replies
 from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, Command, Connect, Data,

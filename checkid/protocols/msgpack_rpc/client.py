@@ -11,8 +11,8 @@ import itertools
 import socket
 from typing import Any
 
-from checkid.engine.config import parse_listen
-from checkid.engine.errors import CheckidError, ProtocolError
+from checkid.config import parse_listen
+from checkid.errors import CheckidError, ProtocolError
 from checkid.protocols.msgpack_rpc.codec import Response, RpcParser, encode_request
 
 

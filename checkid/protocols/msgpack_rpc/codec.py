@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 #: the largest message accepted: a whole message with headers and body (1 MiB) and slack

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from checkid.engine.config import Config, ListenConfig
+from checkid.config import Config, ListenConfig
 from checkid.engine.engine import Engine
 from checkid.protocols.msgpack_rpc.server import RpcProtocol
 

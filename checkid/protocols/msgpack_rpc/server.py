@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from checkid.engine.engine import Engine
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols import eager
 from checkid.protocols.flow import FlowControl
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 
 #: Postfix's own SMTP line limit is line_length_limit = 2048; certificate subjects and
 #: SASL names stay far below. One attribute line may not exceed this many characters.

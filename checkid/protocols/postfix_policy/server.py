@@ -14,7 +14,7 @@ import time
 from collections import deque
 
 from checkid.engine.engine import Engine
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols import eager
 from checkid.protocols.flow import FlowControl
 from checkid.protocols.postfix_policy.codec import RequestParser, encode_reply

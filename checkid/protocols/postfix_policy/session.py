@@ -15,7 +15,7 @@ from typing import Any
 from dataclasses import dataclass
 
 from checkid.engine.decision import Decision, Envelope
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols import eager
 from checkid.protocols.decisionlog import log_decision
 from checkid.protocols.postfix_policy.codec import Request

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.milter import codec
 from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
                                              ChangeHeader, Connect, Data, DeleteRecipient, EndOfHeaders,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 
-from checkid.engine.config import ListenConfig
+from checkid.config import ListenConfig
 from checkid.engine.engine import Engine
-from checkid.engine.runtime import protocol_factory
+from checkid.protocols.registry import protocol_factory
 from checkid.protocols.milter import codec
 from checkid.protocols.milter.events import (ACCEPT, CONTINUE, Connect, EndOfMessage, Header, Helo,
                                              InsertHeader, Mail, OptNeg, OptNegReply, QuitNoClose, Rcpt, ReplyCode)

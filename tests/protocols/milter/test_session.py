@@ -7,7 +7,7 @@ import time
 import pytest
 
 from checkid.engine.decision import Action, Decision, Header as Hdr
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.milter.events import (ACCEPT, CONTINUE, DISCARD, PROGRESS, Abort, Body, Connect, Data,
                                              EndOfHeaders, EndOfMessage, Flag, Header, Helo, InsertHeader, Macro,
                                              Mail, OptNeg, OptNegReply, Proto, Quarantine, Quit, QuitNoClose, Rcpt,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from tests.conftest import split
 from checkid.protocols.msgpack_rpc import codec
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from tests.conftest import split
 from checkid.protocols.postfix_policy import codec
 from checkid.protocols.postfix_policy.codec import RequestParser

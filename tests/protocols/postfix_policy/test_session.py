@@ -7,7 +7,7 @@ import time
 import pytest
 
 from checkid.engine.decision import Action, Decision, Header
-from checkid.engine.errors import ProtocolError
+from checkid.errors import ProtocolError
 from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
 from tests.conftest import run
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.processes import wait_for_port, world_readable_tmpdir
+from testsupport.processes import wait_for_port, world_readable_tmpdir
 
 POSTFIX_DIR = Path("/etc/postfix")
 
@@ -168,7 +168,7 @@ SENDMAIL_ROOT = Path(__file__).resolve().parent.parent / ".mta" / "sendmail"
 
 class Sendmail(Throwaway):
     """A private Sendmail 8.17 daemon (unpacked by scripts/mta-deps) on [::1]:port, built
-    from ``tests/data/sendmail.mc``, with checkid as its milter. Mail stays queued.
+    from ``testsupport/data/sendmail.mc``, with checkid as its milter. Mail stays queued.
 
     It runs in a private mount namespace whose /etc/hosts gives the machine a fully qualified
     name (Sendmail waits 60 s without one) and whose /etc/resolv.conf points at loopback;

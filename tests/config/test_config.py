@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from checkid.engine import config
-from checkid.engine.config import Config, DnsList
-from checkid.engine.errors import ConfigError
+from checkid import config
+from checkid.config import Config, DnsList
+from checkid.errors import ConfigError
 
 
 def test_defaults_need_no_file():

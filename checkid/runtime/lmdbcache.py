@@ -21,9 +21,9 @@ from typing import Any
 import lmdb
 import msgpack
 
-from checkid.engine.cache import CacheStats
-from checkid.engine.dnsclient import DnsAnswer, Outcome
-from checkid.engine.spfcheck import SpfOutcome, SpfResult
+from checkid.engine.dns.cache import CacheStats
+from checkid.engine.dns.client import DnsAnswer, Outcome
+from checkid.engine.checks.spfcheck import SpfOutcome, SpfResult
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def encode_key(key: Hashable) -> bytes:
 
 
 class LmdbCache:
-    """A :class:`~checkid.engine.cache.Cache` in an LMDB file shared by the host's workers."""
+    """A :class:`~checkid.engine.dns.cache.Cache` in an LMDB file shared by the host's workers."""
 
     def __init__(self, path: str, size_mb: int, mono: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from checkid.engine.cache import MemoryCache
-from checkid.engine.config import DnsConfig
-from checkid.engine.dnsclient import DnsClient, Outcome
+from checkid.engine.dns.cache import MemoryCache
+from checkid.config import DnsConfig
+from checkid.engine.dns.client import DnsClient, Outcome
 from tests.conftest import run
 
 

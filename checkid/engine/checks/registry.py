@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import cachetools
 
-from checkid.engine.dnsclient import DnsAnswer, Outcome
-from checkid.engine.iplists import IPList
+from checkid.engine.dns.client import DnsAnswer, Outcome
+from checkid.engine.checks.iplists import IPList
 
 #: RFC 5321 limits a domain to 255 octets; the TXT data of a record set is bounded too
 MAX_RECORD = 4096

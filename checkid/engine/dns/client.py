@@ -25,8 +25,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from checkid.engine.cache import Cache
-from checkid.engine.config import DnsConfig, parse_hostport
+from checkid.engine.dns.cache import Cache
+from checkid.config import DnsConfig, parse_hostport
 from checkid.engine.trace import Trace
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import uvloop
 
-from checkid.engine import metrics
-from checkid.engine.config import parse_listen
+from checkid.runtime import metrics
+from checkid.config import parse_listen
 
 log = logging.getLogger(__name__)
 

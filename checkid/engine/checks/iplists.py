@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkid.engine.errors import ConfigError
+from checkid.errors import ConfigError
 
 FORMATS = ("cidr", "ip4set", "ip4trie", "ip6trie")
 

@@ -6,7 +6,7 @@ import asyncio
 import importlib
 from collections.abc import Callable
 
-from checkid.engine.config import Config, ListenConfig
+from checkid.config import Config, ListenConfig
 from checkid.engine.engine import Engine
 
 #: protocol name -> "module:function" returning a protocol factory for (engine, config, listen)

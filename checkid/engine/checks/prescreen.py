@@ -13,9 +13,9 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
-from checkid.engine.config import DnsList
-from checkid.engine.dnsclient import DnsClient, Outcome
-from checkid.engine.iplists import IPAddress, IPList
+from checkid.config import DnsList
+from checkid.engine.dns.client import DnsClient, Outcome
+from checkid.engine.checks.iplists import IPAddress, IPList
 from checkid.engine.trace import Trace
 
 _ERRORS = ipaddress.IPv4Network("127.255.255.0/24")

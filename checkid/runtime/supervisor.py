@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from checkid.engine import config as config_mod
-from checkid.engine import listeners as listeners_mod
-from checkid.engine import metrics
+from checkid import config as config_mod
+from checkid.runtime import listeners as listeners_mod
+from checkid.runtime import metrics
 from checkid.engine import policy as policy_mod
-from checkid.engine import worker as worker_mod
-from checkid.engine.config import Config
-from checkid.engine.errors import CheckidError, ConfigError, PolicyError
+from checkid.runtime import worker as worker_mod
+from checkid.config import Config
+from checkid.errors import CheckidError, ConfigError, PolicyError
 from checkid.engine.policy import DEFAULT_PATH
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Master:
     def _check_cache(self) -> None:
         """Create the shared cache and clear stale readers, then close it: the master must
         not hold it open across a fork."""
-        from checkid.engine.lmdbcache import LmdbCache
+        from checkid.runtime.lmdbcache import LmdbCache
 
         try:
             cache = LmdbCache(self.cache_path, self.config.cache.size_mb)
@@ -282,7 +282,7 @@ class Master:
             try:
                 self._close_in_child(keep=set())
                 name_process("checkid-metrics")
-                from checkid.engine import metricsserver
+                from checkid.runtime import metricsserver
 
                 code = metricsserver.run(address, self.pid)
             finally:

@@ -9,11 +9,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from checkid.engine import config as config_mod
-from checkid.engine.config import Config
+from checkid import config as config_mod
+from checkid.config import Config
 from checkid.engine.contract import envelope
 from checkid.engine.engine import Engine
-from checkid.engine.errors import CheckidError
+from checkid.errors import CheckidError
 from checkid.engine.trace import Trace
 
 EXIT_OK = 0
@@ -120,7 +120,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from checkid.engine import supervisor
+    from checkid.runtime import supervisor
     return supervisor.serve(_load(args), args.config)
 
 

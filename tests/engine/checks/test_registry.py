@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine import registry
-from checkid.engine.dnsclient import DnsAnswer, Outcome
-from checkid.engine.registry import MethodOffer, Rating, RegistryError, RegistryOutcome
+from checkid.engine.checks import registry
+from checkid.engine.dns.client import DnsAnswer, Outcome
+from checkid.engine.checks.registry import MethodOffer, Rating, RegistryError, RegistryOutcome
 
 
 def test_parse_short_spellings():

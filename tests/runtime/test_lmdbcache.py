@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine.cache import LayeredCache, MemoryCache
-from checkid.engine.dnsclient import DnsAnswer, Outcome
-from checkid.engine.lmdbcache import LmdbCache, decode_value, encode_key, encode_value
-from checkid.engine.spfcheck import SpfOutcome, SpfResult
+from checkid.engine.dns.cache import LayeredCache, MemoryCache
+from checkid.engine.dns.client import DnsAnswer, Outcome
+from checkid.runtime.lmdbcache import LmdbCache, decode_value, encode_key, encode_value
+from checkid.engine.checks.spfcheck import SpfOutcome, SpfResult
 
 
 class Clocks:
@@ -55,8 +55,8 @@ def test_a_write_in_one_process_is_a_hit_in_another(tmp_path):
     c = LmdbCache(str(tmp_path), 4)
     script = textwrap.dedent(f"""
         import time
-        from checkid.engine.lmdbcache import LmdbCache
-        from checkid.engine.dnsclient import DnsAnswer, Outcome
+        from checkid.runtime.lmdbcache import LmdbCache
+        from checkid.engine.dns.client import DnsAnswer, Outcome
         c = LmdbCache({str(tmp_path)!r}, 4)
         c.put(("shared.example", "A"), DnsAnswer(Outcome.ANSWER, ("192.0.2.7",), 600), time.monotonic() + 600)
     """)
@@ -99,7 +99,7 @@ def test_a_writer_killed_mid_transaction_does_not_block_others(tmp_path):
     LmdbCache(str(tmp_path), 4).close()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from checkid.engine.lmdbcache import LmdbCache
+        from checkid.runtime.lmdbcache import LmdbCache
         c = LmdbCache({str(tmp_path)!r}, 4)
         txn = c.env.begin(write=True)
         txn.put(b"half", b"written")
@@ -116,8 +116,8 @@ def test_a_writer_killed_mid_transaction_does_not_block_others(tmp_path):
             holder.kill()
     writer = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from checkid.engine.lmdbcache import LmdbCache
-        from checkid.engine.dnsclient import DnsAnswer, Outcome
+        from checkid.runtime.lmdbcache import LmdbCache
+        from checkid.engine.dns.client import DnsAnswer, Outcome
         c = LmdbCache({str(tmp_path)!r}, 4)
         c.reader_check()
         c.put(("after", "A"), DnsAnswer(Outcome.ANSWER, ("192.0.2.1",), 60), time.monotonic() + 60)

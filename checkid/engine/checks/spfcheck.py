@@ -27,8 +27,8 @@ from typing import Any
 
 import spf
 
-from checkid.engine.cache import Cache
-from checkid.engine.dnsclient import DnsAnswer, DnsClient, Outcome
+from checkid.engine.dns.cache import Cache
+from checkid.engine.dns.client import DnsAnswer, DnsClient, Outcome
 from checkid.engine.trace import Trace
 
 #: Each rerun resolves one more name; pyspf's own limits (10 lookups, 10 MX, 10 PTR, void

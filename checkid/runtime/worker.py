@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import uvloop
 
-from checkid.engine.cache import Cache, LayeredCache, MemoryCache
-from checkid.engine.config import Config, ListenConfig
+from checkid.engine.dns.cache import Cache, LayeredCache, MemoryCache
+from checkid.config import Config, ListenConfig
 from checkid.engine.engine import Engine
-from checkid.engine.errors import PolicyError
+from checkid.errors import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,15 @@ class Worker:
         memory = MemoryCache(config.dns.cache_size)
         if not config.cache.shared:
             return memory
-        from checkid.engine.lmdbcache import LmdbCache
+        from checkid.runtime.lmdbcache import LmdbCache
 
         self.shared = LmdbCache(self.spec.cache_path, config.cache.size_mb)
         return LayeredCache(memory, self.shared)
 
     async def serve(self) -> int:
         spec, config = self.spec, self.spec.config
-        from checkid.engine.metrics import Exporter
-        from checkid.engine.runtime import protocol_factory
+        from checkid.runtime.metrics import Exporter
+        from checkid.protocols.registry import protocol_factory
 
         try:
             self.exporter = Exporter()

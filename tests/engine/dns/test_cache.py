@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from checkid.engine.cache import LayeredCache, MemoryCache
+from checkid.engine.dns.cache import LayeredCache, MemoryCache
 
 
 def test_memory_cache_expires_entries_at_their_own_time():

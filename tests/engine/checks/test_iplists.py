@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkid.engine import iplists
-from checkid.engine.errors import ConfigError
-from checkid.engine.iplists import Listing
+from checkid.engine.checks import iplists
+from checkid.errors import ConfigError
+from checkid.engine.checks.iplists import Listing
 
 
 def ip(text):

@@ -8,10 +8,10 @@ import dns.resolver as dns_resolver
 import pytest
 import spf
 
-from checkid.engine.cache import MemoryCache
-from checkid.engine.config import DnsConfig
-from checkid.engine.dnsclient import DnsClient
-from checkid.engine.spfcheck import SpfChecker, SpfResult, install_hook
+from checkid.engine.dns.cache import MemoryCache
+from checkid.config import DnsConfig
+from checkid.engine.dns.client import DnsClient
+from checkid.engine.checks.spfcheck import SpfChecker, SpfResult, install_hook
 from tests.conftest import run
 
 # (client ip, MAIL FROM, HELO): each exercises a part of RFC 7208 over the zone example.zone

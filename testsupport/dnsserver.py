@@ -12,7 +12,7 @@ over TCP). ``rtt`` delays every answer, to model the Internet behind a cache mis
 outside can read the total with a CHAOS-class TXT query for ``queries.server.`` (not counted),
 as ``dig @127.0.0.1 -p PORT CH TXT queries.server`` or :func:`queries_asked`.
 
-Run standalone: ``python -m tests.dnsserver --zones tests/zones --port 5353``.
+Run standalone: ``python -m testsupport.dnsserver --zones testsupport/zones --port 5353``.
 """
 from __future__ import annotations
 

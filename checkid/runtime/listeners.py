@@ -16,8 +16,8 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from checkid.engine.config import ListenConfig, parse_listen
-from checkid.engine.errors import ConfigError
+from checkid.config import ListenConfig, parse_listen
+from checkid.errors import ConfigError
 
 BACKLOG = 1024
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from checkid.engine.errors import ConfigError
+from checkid.errors import ConfigError
 
 #: Spamhaus ZEN return codes (reference/anchors.md §6); 127.255.255.0/24 are errors, never listings.
 ZEN_CODES: dict[str, str] = {

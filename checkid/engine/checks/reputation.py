@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkid.engine.errors import ConfigError
-from checkid.engine.registry import Rating
+from checkid.errors import ConfigError
+from checkid.engine.checks.registry import Rating
 
 #: the threshold names a recipient table may override
 THRESHOLD_KEYS = ("accept_avg", "accept_min", "reject_max")
