@@ -1,0 +1,70 @@
+"""The sections the process runtime reads: server, cache and metrics, each with the value
+checks its type cannot express (``check(path)`` raises :class:`ConfigError` naming the key)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from checkid.config.addresses import parse_listen
+from checkid.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    #: worker processes; 0 means one per CPU
+    workers: int = 0
+    #: drop to this user (and group) after binding the listeners, when started as root
+    user: str = ""
+    group: str = ""
+    #: shared cache and other state; empty: /var/lib/checkid as root, else ~/.local/state/checkid
+    state_dir: str = ""
+    #: logging level: one line per decision at "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: log file, reopened on SIGUSR1; empty means standard error
+    log_file: str = ""
+    #: seconds workers get to finish in-flight requests on SIGTERM/SIGINT
+    grace: float = 10.0
+    #: a worker whose event loop has not ticked for this many seconds is replaced
+    heartbeat_timeout: float = 10.0
+    #: a front-end connection with no data and nothing in flight for this long is closed
+    #: (Postfix closes idle policy connections itself after 300 s)
+    idle_timeout: float = 600.0
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: a worker count outside 0 to 256, a non-positive period"""
+        if self.workers < 0 or self.workers > 256:
+            raise ConfigError(f"{path}.workers: must be 0 (one per CPU) to 256")
+        for name in ("grace", "heartbeat_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}: must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    #: the shared on-host layer (LMDB in the state dir) under each worker's memory cache
+    shared: bool = True
+    #: its size bound; when full, expired and then oldest entries go
+    size_mb: int = 256
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: a size below 1 MB"""
+        if self.size_mb < 1:
+            raise ConfigError(f"{path}.size_mb: must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    #: HTTP address of /metrics and /healthz (Prometheus); empty disables
+    address: str = "127.0.0.1:10039"
+    #: per-process metric files (wiped at start; tmpfs is best); empty: <state_dir>/metrics
+    dir: str = ""
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: an address that is not ``HOST:PORT``"""
+        if not self.address:
+            return
+        try:
+            if parse_listen(self.address)[0] != "tcp":
+                raise ValueError("must be HOST:PORT")
+        except ValueError as e:
+            raise ConfigError(f"{path}.address: {e}") from None
