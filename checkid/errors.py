@@ -20,6 +20,3 @@ class PolicyError(CheckidError):
 class ProtocolError(CheckidError):
     """The peer broke the protocol."""
 
-
-class LookupFailed(CheckidError):
-    """A DNS lookup failed temporarily (timeout or server failure)."""

@@ -2,8 +2,9 @@
 
 It serves every RFC 1035 zone file of a folder (``<origin>.zone``, or ``$ORIGIN`` inside)
 over UDP and TCP on one port, follows CNAMEs across its zones like a recursive server
-would for a stub client, answers NXDOMAIN/NODATA with the zone's SOA (RFC 2308), and
-REFUSED for names outside its zones, so nothing leaves the machine.
+would for a stub client (a loop is answered with its chain, NOERROR), answers
+NXDOMAIN/NODATA with the zone's SOA (RFC 2308), and REFUSED for names outside its zones,
+so nothing leaves the machine.
 
 Faults are injected per name: ``delay`` (seconds before answering), ``drop`` (never
 answer: a timeout), ``servfail`` and ``truncate`` (TC bit over UDP, so the client retries
@@ -83,6 +84,7 @@ class Zones:
         """``(rcode, answer, authority)`` for one question."""
         answer: list[dns.rrset.RRset] = []
         name = qname
+        seen = {qname}
         for _ in range(12):  # CNAME chain bound
             zone = self._zone_for(name)
             if zone is None:
@@ -101,6 +103,9 @@ class Zones:
                 return dns.rcode.NOERROR, answer, [soa]
             answer.append(_rrset(name, cname))
             name = cname[0].target
+            if name in seen:  # a CNAME loop: the chain up to where it closes, as BIND answers
+                return dns.rcode.NOERROR, answer, []
+            seen.add(name)
         return dns.rcode.SERVFAIL, [], []
 
     def _wildcard(self, zone: dns.zone.Zone, name: dns.name.Name) -> dns.node.Node | None:

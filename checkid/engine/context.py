@@ -7,36 +7,20 @@ Every reply and header is built here, never as literals in the policy.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from checkid.engine import headers
-from checkid.engine.decision import Action, Decision, Envelope, Header
 from checkid.engine.checks.iplists import IPAddress
 from checkid.engine.checks.prescreen import ListResult, Verdict, reverse_name
 from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, RegistryResult, interpret
 from checkid.engine.checks.reputation import Score, score
-from checkid.engine.checks.spfcheck import SpfOutcome, SpfResult
+from checkid.engine.checks.spfcheck import SpfOutcome
+from checkid.engine.decision import Action, Decision, Envelope, Header
+from checkid.engine.result import Result
+from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain
-
-if TYPE_CHECKING:
-    from checkid.engine.engine import Engine
-
-
-class Result(str, enum.Enum):
-    """A method's result."""
-
-    PASS = "PASS"
-    FAIL = "FAIL"
-    SOFTFAIL = "SOFTFAIL"
-    NEUTRAL = "NEUTRAL"
-    NONE = "NONE"
-    TEMPERROR = "TEMPERROR"
-    PERMERROR = "PERMERROR"
-
 
 #: which result speaks for the whole when several methods ran and none passed
 _PRECEDENCE = (Result.PASS, Result.TEMPERROR, Result.FAIL, Result.SOFTFAIL,
@@ -57,17 +41,16 @@ class Auth:
 
 
 NO_AUTH = Auth(Result.NONE, "NONE")
-_SPF_RESULT = {s: Result(s.value.upper()) for s in SpfResult}
 _REASON = {r: r.value.lower() for r in Result}
 
 
 class Context:
     """One decision's inputs, stages and reply builders, handed to the policy's ``decide``."""
 
-    def __init__(self, engine: Engine, envelope: Envelope, ip: IPAddress, identity: str | None,
+    def __init__(self, services: Services, envelope: Envelope, ip: IPAddress, identity: str | None,
                  identity_source: str, trace: Trace | None) -> None:
-        self.engine = engine
-        self.config = engine.config
+        self.services = services
+        self.config = services.config
         self.envelope = envelope
         self.ip = ip
         self.ip_text = str(ip)
@@ -85,7 +68,7 @@ class Context:
     # -- stages -----------------------------------------------------------------------
     async def prescreen(self) -> ListResult:
         """Allow list, local block lists, then the pre-screen DNSBLs."""
-        result = await self.engine.prescreen.check(self.ip, self.engine.dns, self.trace)
+        result = await self.services.prescreen.check(self.ip, self.services.dns, self.trace)
         if self.trace is not None:
             self.log("prescreen", f"{self.ip_text}: {result.verdict.name} {result.list_name} {result.reason}".rstrip())
         return result
@@ -98,9 +81,9 @@ class Context:
             else:
                 name = f"{self.identity}.{self.config.registry.zone}"
                 # SPF reads the identity's TXT first: on a registry miss, ask both at once
-                answer = await self.engine.dns.resolve(name, "TXT", self.trace, alongside=((self.identity, "TXT"),))
+                answer = await self.services.dns.resolve(name, "TXT", self.trace, alongside=((self.identity, "TXT"),))
                 self._registry = interpret(answer)
-            self.engine.counts[("registry_lookups", self._registry.outcome.value)] += 1
+            self.services.counts[("registry_lookups", self._registry.outcome.value)] += 1
             if self.trace is not None:
                 self.log("registry", f"{self.identity}: {self._registry.outcome.name} {self._registry.error}".rstrip())
         return self._registry
@@ -133,7 +116,7 @@ class Context:
                 result = Result.PASS if record.addresses.lookup(self.ip) is not None else Result.FAIL
             elif name == "SPF1":
                 spf_outcome = await self._spf()
-                result = _SPF_RESULT[spf_outcome.result]
+                result = spf_outcome.result
             else:
                 self.log("methods", f"{name}: not available at this stage")
                 continue
@@ -153,23 +136,23 @@ class Context:
         sender = (env.sender or "").strip().strip("<>")
         if not sender or address_domain(sender) != identity:
             sender = f"postmaster@{identity}"
-        return await self.engine.spf.check(
+        return await self.services.spf.check(
             self.ip_text, sender, env.helo or identity, self.trace, want_header=self.config.headers.received_spf,
         )
 
     async def ratings(self, record: Record | None) -> tuple[Rating, ...]:
         """The record's ratings followed by those of the configured DNS rating services."""
         own = record.ratings if record is not None else ()
-        services = [s for s in self.config.reputation.dns if s.key == "ip" or self.identity]
-        if not services:
+        wanted = [s for s in self.config.reputation.dns if s.key == "ip" or self.identity]
+        if not wanted:
             return own
         answers = await asyncio.gather(*(
-            self.engine.dns.resolve(
+            self.services.dns.resolve(
                 f"{reverse_name(self.ip) if svc.key == 'ip' else self.identity}.{svc.zone}", "A", self.trace)
-            for svc in services
+            for svc in wanted
         ))
         extra = []
-        for svc, answer in zip(services, answers):
+        for svc, answer in zip(wanted, answers):
             grade = next((svc.grades[a] for a in answer.records if a in svc.grades), None)
             if grade is not None:
                 extra.append(Rating(svc.name, grade))
@@ -184,11 +167,11 @@ class Context:
 
     def thresholds(self, defaults: Mapping[str, float]) -> dict[str, float]:
         """``defaults`` with the per-recipient overrides for this transaction's recipients."""
-        return self.engine.thresholds.for_recipients(defaults, self.envelope.rcpts)
+        return self.services.thresholds.for_recipients(defaults, self.envelope.rcpts)
 
     async def blacklist(self) -> ListResult:
         """The aggressive IP lists, for mail that did not authenticate."""
-        result = await self.engine.blacklist.check(self.ip, self.engine.dns, self.trace)
+        result = await self.services.blacklist.check(self.ip, self.services.dns, self.trace)
         if result.verdict is Verdict.BLOCK:
             self.log("blacklist", f"{self.ip_text}: listed by {result.list_name} {result.reason}".rstrip())
         return result
@@ -212,7 +195,7 @@ class Context:
 
     def temperror(self, stage: str, auth: Auth = NO_AUTH, ratings: tuple[Rating, ...] = ()) -> Decision:
         """A DNS temporary error: TEMPFAIL, or fail open to the spam filter, as configured."""
-        self.engine.counts[("temperrors", stage)] += 1
+        self.services.counts[("temperrors", stage)] += 1
         if self.config.policy.on_temperror == "filter":
             return self.filter(stage, auth if auth is not NO_AUTH else Auth(Result.TEMPERROR, "DNS"),
                                ratings, reason="temperror")
@@ -227,8 +210,8 @@ class Context:
             out = [headers.authent(self.ip_text, self.identity, auth.method, auth.result.value,
                                    ",".join(map(str, ratings)))]
             if cfg.authentication_results:
-                spf = auth.spf.result.value if auth.spf is not None else None
-                out.append(headers.authentication_results(self.engine.authserv_id, spf, self.identity))
+                spf = auth.spf.result.lower() if auth.spf is not None else None
+                out.append(headers.authentication_results(self.services.authserv_id, spf, self.identity))
             if cfg.received_spf and auth.spf is not None and auth.spf.received_spf:
                 out.append(Header("Received-SPF:", auth.spf.received_spf))
             hdrs = tuple(Header(h.label, _one_line(h.text)) for h in out)

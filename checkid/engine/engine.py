@@ -1,8 +1,10 @@
 """The engine: one per process, answering ``await engine.decide(envelope)``.
 
 It checks the input, picks the identity, and hands a :class:`Context` to the policy file's
-``decide``. It knows no protocol. Every decision has a deadline (``dns.decision_timeout``);
-a policy that raises or returns garbage yields a 4xx, never an exception to the caller.
+``decide``. It knows no protocol and no process runtime: timings go to an :class:`Observer`
+when one is given (the runtime's metrics exporter is one). Every decision has a deadline
+(``dns.decision_timeout``); a policy that raises or returns garbage yields a 4xx, never an
+exception to the caller.
 """
 from __future__ import annotations
 
@@ -12,19 +14,20 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
+from checkid.config import Config
 from checkid.engine import validate
 from checkid.engine.checks import iplists
-from checkid.engine.dns.cache import Cache, MemoryCache
-from checkid.config import Config
-from checkid.engine.context import Context
-from checkid.engine.decision import Action, Decision, Envelope
-from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
-from checkid.runtime.metrics import Exporter
-from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
 from checkid.engine.checks.prescreen import IPScreen
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
+from checkid.engine.context import Context
+from checkid.engine.decision import Action, Decision, Envelope
+from checkid.engine.dns.cache import Cache, MemoryCache
+from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
+from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
+from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -34,35 +37,60 @@ def bad_input(text: str, code: int = 501, xcode: str = "5.5.4") -> Decision:
     return Decision(Action.REJECT, code, xcode, text, (), "input", "bad_input")
 
 
+class Observer(Protocol):
+    """Who is told how long things took (the runtime's metrics exporter)."""
+
+    def observe_decision(self, frontend: str, seconds: float) -> None:
+        """One decision for ``frontend`` took ``seconds``."""
+
+    def observe_dns(self, rdtype: str, seconds: float) -> None:
+        """One DNS query of type ``rdtype`` took ``seconds`` (cache misses only)."""
+
+
 class Engine:
-    """The decision pipeline, its caches and its policy, for one process."""
+    """The decision pipeline, its caches and its policy, for one process.
+
+    :param policy_source: the text of the last good policy: when the policy file does not
+        load, the engine starts on this instead (and watches the file for a good edit);
+        without it such a file raises :class:`~checkid.errors.PolicyError`
+    """
 
     def __init__(self, config: Config | None = None, *, cache: Cache | None = None,
-                 clock: Callable[[], float] = time.monotonic, metrics: Exporter | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, observer: Observer | None = None,
+                 policy_source: bytes | None = None) -> None:
         self.config = config = config or Config()
         self.clock = clock
         #: plain counters keyed (name, *labels) (checkid.runtime.metrics.COUNTERS)
         self.counts: Counter[tuple[str, ...]] = Counter()
-        #: connections open now, by front-end (kept by the front-ends)
-        self.open_connections: Counter[str] = Counter()
-        self.metrics = metrics
+        self.observer = observer
         self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
-        self.dns = DnsClient(config.dns, self.cache, clock, self.counts,
-                             metrics.observe_dns if metrics is not None else None)
-        self.authserv_id = config.headers.authserv_id or socket.gethostname()
-        self.prescreen = IPScreen(
-            "prescreen", tuple(iplists.load_file(f) for f in config.prescreen.block_files),
-            config.prescreen.dnsbl, self.counts,
-            allow=iplists.from_networks(config.prescreen.allow, "allow list"),
-        )
-        self.blacklist = IPScreen(
-            "blacklist", tuple(iplists.load_file(f) for f in config.blacklist.block_files),
-            config.blacklist.dnsbl, self.counts,
-        )
-        self.spf = SpfChecker(self.dns, self.cache, clock, self.authserv_id, config.dns.max_ttl)
+        dns = DnsClient(config.dns, self.cache, clock, self.counts,
+                        observer.observe_dns if observer is not None else None)
+        authserv_id = config.headers.authserv_id or socket.gethostname()
         path = config.reputation.recipient_thresholds
-        self.thresholds = RecipientThresholds.load(path) if path else RecipientThresholds()
-        self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH)
+        self.services = Services(
+            config=config,
+            dns=dns,
+            prescreen=IPScreen(
+                "prescreen", tuple(iplists.load_file(f) for f in config.prescreen.block_files),
+                config.prescreen.dnsbl, self.counts,
+                allow=iplists.from_networks(config.prescreen.allow, "allow list"),
+            ),
+            blacklist=IPScreen(
+                "blacklist", tuple(iplists.load_file(f) for f in config.blacklist.block_files),
+                config.blacklist.dnsbl, self.counts,
+            ),
+            spf=SpfChecker(dns, self.cache, clock, authserv_id, config.dns.max_ttl),
+            thresholds=RecipientThresholds.load(path) if path else RecipientThresholds(),
+            counts=self.counts,
+            authserv_id=authserv_id,
+        )
+        self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
+
+    def recipient_class(self, rcpt: str) -> str:
+        """The class of ``rcpt`` ("" for most): recipients of one class share a decision,
+        so a front-end may ask once for all of them."""
+        return self.services.thresholds.key_for(rcpt)
 
     async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
         """Decide one transaction. Never raises for bad input or a failing policy.
@@ -72,8 +100,8 @@ class Engine:
         start = time.perf_counter()
         decision = await self._decide(envelope, trace)
         self.counts[("decisions", frontend, decision.action.value, decision.stage)] += 1
-        if self.metrics is not None:
-            self.metrics.observe_decision(frontend, time.perf_counter() - start)
+        if self.observer is not None:
+            self.observer.observe_decision(frontend, time.perf_counter() - start)
         return decision
 
     async def _decide(self, envelope: Envelope, trace: Trace | None) -> Decision:
@@ -119,7 +147,7 @@ class Engine:
             identity = validate.domain(env.id) if len(env.id) <= validate.MAX_DOMAIN + 1 else None
             if identity is None:
                 return bad_input(f"Invalid ID {env.id[:80]!r}: not a domain name")
-            return Context(self, env, ip, identity, "id", trace)
+            return Context(self.services, env, ip, identity, "id", trace)
         for source in self.config.identity.fallback:
             if source == "helo" and env.helo:
                 identity = validate.domain(env.helo)
@@ -128,5 +156,5 @@ class Engine:
             else:
                 continue
             if identity is not None:
-                return Context(self, env, ip, identity, source, trace)
-        return Context(self, env, ip, None, "none", trace)
+                return Context(self.services, env, ip, identity, source, trace)
+        return Context(self.services, env, ip, None, "none", trace)

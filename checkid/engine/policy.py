@@ -1,12 +1,18 @@
 """Loading the operator's policy file, and reloading it without a restart.
 
 A policy file is plain Python defining ``async def decide(ctx) -> Decision``. A file that
-does not compile, fails while executing, lacks ``decide`` or breaks the table contract is
-refused with a :class:`PolicyError`, and the policy already loaded keeps serving.
+does not compile, fails while executing, lacks ``decide`` or breaks the table contract
+(:mod:`checkid.engine.policytables`) is refused with a :class:`PolicyError`, and the policy
+already loaded keeps serving.
+
+A policy remembers the text it was compiled from (:attr:`Policy.source`): a process that
+starts while the file on disk is broken can start on the last good text instead
+(:class:`PolicyHolder`'s ``fallback``), so a refused edit never turns a restart into an outage.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import types
 from collections.abc import Awaitable, Callable
@@ -14,9 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkid.engine import policytables
 from checkid.errors import PolicyError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "policy" / "default.py"
+
+log = logging.getLogger(__name__)
+
+#: the stamp of a policy compiled from text rather than read from its file
+NO_STAMP = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,22 +36,35 @@ class Policy:
     path: str
     decide: Callable[[Any], Awaitable[Any]]
     module: types.ModuleType
-    #: (mtime_ns, size) of the file as loaded, to notice edits
+    #: (mtime_ns, size) of the file as loaded, to notice edits (:data:`NO_STAMP` when
+    #: compiled from text)
     stamp: tuple[int, int]
+    #: the text that was compiled
+    source: bytes
 
 
 _loaded = 0
 
 
 def load(path: str | Path) -> Policy:
-    """Compile and run a policy file, then check its contract. :raises PolicyError:"""
-    global _loaded
+    """Read, compile and run a policy file, then check its contract. :raises PolicyError:"""
     path = str(path)
     try:
         st = os.stat(path)
         source = Path(path).read_bytes()
     except OSError as e:
         raise PolicyError(f"{path}: cannot read: {e.strerror}") from None
+    return compile_policy(path, source, (st.st_mtime_ns, st.st_size))
+
+
+def compile_policy(path: str | Path, source: bytes, stamp: tuple[int, int] = NO_STAMP) -> Policy:
+    """Compile and run ``source`` as the policy file ``path``, then check its contract.
+
+    :param stamp: the file's (mtime_ns, size) when ``source`` was just read from it
+    :raises PolicyError: naming ``path`` (and the line or the table at fault)
+    """
+    global _loaded
+    path = str(path)
     _loaded += 1
     module = types.ModuleType(f"checkid_policy_{_loaded}")
     module.__file__ = path
@@ -55,46 +80,50 @@ def load(path: str | Path) -> Policy:
         raise PolicyError(f"{path}: no decide() defined")
     if not inspect.iscoroutinefunction(decide):
         raise PolicyError(f"{path}: decide must be 'async def decide(ctx)'")
-    _check_tables(module, path)
-    return Policy(path, decide, module, (st.st_mtime_ns, st.st_size))
-
-
-def _check_tables(module: types.ModuleType, path: str) -> None:
-    methods = getattr(module, "METHOD_LIST", None)
-    if methods is not None:
-        if not isinstance(methods, dict) or not all(
-            isinstance(k, str) and isinstance(v, tuple) and len(v) == 2 and all(isinstance(i, int) for i in v)
-            for k, v in methods.items()
-        ):
-            raise PolicyError(f"{path}: METHOD_LIST must map a method to (order, max queries)")
-    trusted = getattr(module, "TRUSTED_SERVICES", None)
-    if trusted is not None:
-        if not isinstance(trusted, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict)
-            and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in v.values())
-            for k, v in trusted.items()
-        ):
-            raise PolicyError(f"{path}: TRUSTED_SERVICES must map a service to {{grade: score, 'Wt': weight}}")
+    problems = policytables.problems(module.__dict__)
+    if problems:
+        raise PolicyError(f"{path}: {'; '.join(problems)}")
+    return Policy(path, decide, module, stamp, source)
 
 
 class PolicyHolder:
-    """The live policy of one process; :meth:`reload` swaps it only for a good file."""
+    """The live policy of one process; :meth:`reload` swaps it only for a good file.
 
-    def __init__(self, path: str | Path) -> None:
-        self.current = load(path)
+    :param fallback: the text of the last good policy, to start on when the file at
+        ``path`` does not load (logged as a warning; the file is watched for a good edit).
+        Without it, a file that does not load raises :class:`PolicyError`.
+    """
+
+    def __init__(self, path: str | Path, fallback: bytes | None = None) -> None:
         self.failures = 0
         #: (mtime_ns, size) of the last file refused, so an unchanged bad file is not retried
         self.refused: tuple[int, int] | None = None
+        #: why the file on disk is not the policy serving (None when it is)
+        self.error: PolicyError | None = None
+        try:
+            self.current = load(path)
+        except PolicyError as e:
+            if fallback is None:
+                raise
+            try:
+                self.current = compile_policy(path, fallback)
+            except PolicyError:
+                raise e from None
+            log.warning("policy %s refused, starting on the last good policy: %s", path, e)
+            self.error = e
+            self.refused = _stamp(str(path))
 
     def reload(self) -> Policy:
         """Load the file again. :raises PolicyError: and keeps the current policy"""
         try:
             self.current = load(self.current.path)
-        except PolicyError:
+        except PolicyError as e:
             self.failures += 1
             self.refused = _stamp(self.current.path)
+            self.error = e
             raise
         self.refused = None
+        self.error = None
         return self.current
 
     def changed(self) -> bool:

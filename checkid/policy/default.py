@@ -2,7 +2,8 @@
 
 The engine loads this file by path (``[policy] path``) and calls ``decide(ctx)`` once per
 transaction. Edit a copy, point the configuration at it, and check it with
-``checkid query``; a copy that fails to load is refused and the last good policy stays.
+``checkid check-config`` and ``checkid query``; a copy that fails to load, or whose tables
+break their contract (checkid.engine.policytables), is refused and the last good policy stays.
 
 ``ctx`` runs the pipeline stages on request and builds the replies:
 ``ctx.prescreen()``, ``ctx.registry()``, ``ctx.authenticate(record, METHOD_LIST)``,
@@ -38,7 +39,7 @@ THRESHOLDS = {
 }
 
 #: only a record of this ID status or higher may lead to REJECT on failed authentication
-#: (1..8: default records; 9: authoritative)
+#: (1..8: default records; 9: authoritative; 10: no record may)
 REJECT_STATUS = 7
 
 

@@ -1,10 +1,11 @@
 """The shared cache layer: one LMDB file on this host that every worker reads and writes.
 
 Entries carry a wall-clock expiry, so they mean the same in every process and after a
-restart. Values are encoded with msgpack per type (never pickle: the file is data, not
-code). LMDB gives each write one atomic transaction and robust locks, so a worker killed
-mid-write loses at most its own write. When the map is full, expired entries go first, then
-the oldest half, then everything: it is a cache, and the engine keeps serving.
+restart. Values are encoded by the engine's codec (:mod:`checkid.engine.dns.codec`, plain
+msgpack, never pickle), so this layer knows no mail type. LMDB gives each write one atomic
+transaction and robust locks, so a worker killed mid-write loses at most its own write.
+When the map is full, expired entries go first, then the oldest half, then everything: it
+is a cache, and the engine keeps serving.
 
 Open it only after fork: py-lmdb refuses to open an environment in a child whose parent
 had it open (reference/runtime.md §3).
@@ -22,8 +23,7 @@ import lmdb
 import msgpack
 
 from checkid.engine.dns.cache import CacheStats
-from checkid.engine.dns.client import DnsAnswer, Outcome
-from checkid.engine.checks.spfcheck import SpfOutcome, SpfResult
+from checkid.engine.dns.codec import decode_value, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,6 @@ log = logging.getLogger(__name__)
 MAX_KEY = 500
 #: readers: a slot per concurrent read transaction (one per worker) plus tools
 MAX_READERS = 512
-
-_DNS, _SPF = 1, 2
-
-
-def encode_value(value: Any) -> list[Any]:
-    if isinstance(value, DnsAnswer):
-        return [_DNS, value.outcome.value, list(value.records), value.ttl]
-    if isinstance(value, SpfOutcome):
-        return [_SPF, value.result.value, value.explanation, value.received_spf]
-    raise TypeError(f"no shared-cache encoding for {type(value).__name__}")
-
-
-def decode_value(data: list[Any]) -> Any:
-    if data[0] == _DNS:
-        records = tuple(tuple(r) if isinstance(r, list) else r for r in data[2])
-        return DnsAnswer(Outcome(data[1]), records, data[3])
-    if data[0] == _SPF:
-        return SpfOutcome(SpfResult(data[1]), data[2], data[3])
-    raise ValueError(f"unknown shared-cache value tag {data[0]!r}")
 
 
 def encode_key(key: Hashable) -> bytes:

@@ -1,10 +1,12 @@
 """SPF (RFC 7208) through pyspf, on top of the engine's cached DNS, without blocking the loop.
 
-pyspf is synchronous and asks DNS through the module attribute ``spf.DNSLookup``. The hook
-installed here answers only from what is already known (the cache, or answers fetched for
-this check); on a miss it raises :class:`_Miss`, the coroutine awaits that lookup, and the
-check runs again with the new answer in hand. A warm check therefore runs once with no
-await, and the event loop never waits on DNS inside pyspf.
+pyspf is synchronous. Each check runs a :class:`_Query`, a ``spf.query`` whose ``dns``
+method asks that check's session instead of the process-wide ``spf.DNSLookup`` (which
+stays untouched, for any other user of pyspf in the process). The session answers only
+from what is already known (the cache, or answers fetched for this check); on a miss it
+raises :class:`_Miss`, the coroutine awaits that lookup, and the check runs again with the
+new answer in hand. A warm check therefore runs once with no await, and the event loop
+never waits on DNS inside pyspf.
 
 pyspf swallows exceptions in a few places (the ``exp=`` fetch uses a bare ``except:``), so
 a miss is also remembered on the session and a run that saw one is never trusted.
@@ -20,7 +22,6 @@ Finished results are cached until the earliest expiry of the DNS answers the che
 """
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ import spf
 
 from checkid.engine.dns.cache import Cache
 from checkid.engine.dns.client import DnsAnswer, DnsClient, Outcome
+from checkid.engine.result import Result
 from checkid.engine.trace import Trace
 
 #: Each rerun resolves one more name; pyspf's own limits (10 lookups, 10 MX, 10 PTR, void
@@ -36,19 +38,9 @@ from checkid.engine.trace import Trace
 MAX_RUNS = 120
 
 
-class SpfResult(str, enum.Enum):
-    PASS = "pass"
-    FAIL = "fail"
-    SOFTFAIL = "softfail"
-    NEUTRAL = "neutral"
-    NONE = "none"
-    TEMPERROR = "temperror"
-    PERMERROR = "permerror"
-
-
 @dataclass(frozen=True, slots=True)
 class SpfOutcome:
-    result: SpfResult
+    result: Result
     explanation: str
     #: the ``Received-SPF`` header value pyspf builds, when asked for
     received_spf: str = ""
@@ -126,19 +118,40 @@ def chain_targets(records: tuple[Any, ...]) -> list[str]:
     return targets
 
 
-_current: _Session | None = None
+class _Query(spf.query):
+    """A pyspf query whose DNS is one check's session.
 
+    pyspf's own ``query.dns`` asks the module-wide ``spf.DNSLookup``; this one keeps its
+    bookkeeping (the per-query answer cache, the void-lookup limit of RFC 7208 §4.6.4) and
+    asks the session instead. The session's answers already follow CNAMEs (the resolver
+    does), so pyspf's CNAME walking has nothing to do here.
+    """
 
-def _hook(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[tuple[tuple[str, str], Any]]:
-    session = _current
-    if session is None:
-        raise spf.TempError("checkid: SPF DNS hook called outside a check")
-    return session.lookup(name, qtype)
+    def __init__(self, session: _Session, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session = session
 
-
-def install_hook() -> None:
-    """Route pyspf's DNS through the engine. Process-wide: pyspf has one module hook."""
-    spf.DNSLookup = _hook
+    def dns(self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False) -> list[Any]:
+        if not name:
+            raise spf.PermError("empty domain name")
+        name = str(name)
+        if name.endswith("."):
+            name = name[:-1]
+        if not all(0 < len(label) < 64 for label in name.split(".")):
+            return []  # not a valid DNS name: no answer, and not a void lookup (as pyspf)
+        name = name.lower()
+        result: list[Any] = self.cache.get((name, qtype), [])
+        if result:
+            return result
+        for (owner, rtype), value in self.session.lookup(name, qtype):
+            if (qtype, rtype) in spf.query.SAFE2CACHE:
+                self.cache.setdefault((owner.lower(), rtype), []).append(value)
+        result = self.cache.get((name, qtype), [])
+        if not result and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return result
 
 
 class SpfChecker:
@@ -152,7 +165,6 @@ class SpfChecker:
         self.clock = clock
         self.receiver = receiver
         self.max_ttl = max_ttl
-        install_hook()
 
     async def check(self, ip: str, sender: str, helo: str, trace: Trace | None = None,
                     want_header: bool = False) -> SpfOutcome:
@@ -162,22 +174,18 @@ class SpfChecker:
         now = self.clock()
         cached: SpfOutcome | None = self.cache.get(generic, now) or self.cache.get(specific, now)
         if cached is not None and (cached.received_spf or not want_header):
-            self.counts[("spf_results", cached.result.value)] += 1
+            self.counts[("spf_results", cached.result.lower())] += 1
             if trace is not None:
                 trace.add("spf", f"{sender or helo} from {ip}: {cached.result.name} [cache]")
             return cached
-        global _current
         session = _Session(self.client, now, trace)
         for _ in range(MAX_RUNS):
-            q = spf.query(i=ip, s=sender, h=helo, receiver=self.receiver, strict=True)
+            q = _Query(session, i=ip, s=sender, h=helo, receiver=self.receiver, strict=True)
             session.missed = None
-            _current = session
             try:
                 result, _code, explanation = q.check()
             except _Miss:
                 pass
-            finally:
-                _current = None
             if session.missed is None:
                 break
             key_missed = session.missed
@@ -189,11 +197,11 @@ class SpfChecker:
             result, explanation = "temperror", "SPF evaluation did not converge"
             session.error = True
         header = q.get_header(result, self.receiver) if want_header else ""
-        outcome = SpfOutcome(SpfResult(result), explanation, header)
-        self.counts[("spf_results", outcome.result.value)] += 1
+        outcome = SpfOutcome(Result(result.upper()), explanation, header)
+        self.counts[("spf_results", outcome.result.lower())] += 1
         if trace is not None:
             trace.add("spf", f"{sender or helo} from {ip}: {outcome.result.name} ({explanation})")
-        if not session.error and outcome.result is not SpfResult.TEMPERROR:
+        if not session.error and outcome.result is not Result.TEMPERROR:
             expires = min(session.expires, now + self.max_ttl)
             if expires > self.clock():
                 self.cache.put(specific if session.macros else generic, outcome, expires)

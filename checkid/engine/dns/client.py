@@ -1,7 +1,8 @@
 """A narrow wrapper over dnspython's async resolver, with the answer cache in front.
 
 Lookups return a :class:`DnsAnswer` whose :class:`Outcome` keeps "empty" (NXDOMAIN, NODATA)
-apart from "error" (TIMEOUT, SERVFAIL): SPF and the registry must tell them apart. Positive
+apart from "error" (TIMEOUT, SERVFAIL): SPF and the registry must tell them apart. A CNAME
+loop is "empty" (NODATA): it is a permanent misconfiguration, not a failure to retry. Positive
 and negative answers are cached (negative TTL from the SOA, RFC 2308 §5); errors never are.
 Concurrent identical lookups share one query.
 """
@@ -190,6 +191,8 @@ class DnsClient:
             return DnsAnswer(Outcome.NXDOMAIN, (), self._negative_ttl(e.response(qname)))
         except dns.resolver.LifetimeTimeout:
             return DnsAnswer(Outcome.TIMEOUT)
+        except dns.resolver.NoNameservers as e:
+            return self._cname_loop(e) or DnsAnswer(Outcome.SERVFAIL)
         except dns.exception.DNSException:
             # NoNameservers (SERVFAIL/REFUSED everywhere), YXDOMAIN, malformed answers
             return DnsAnswer(Outcome.SERVFAIL)
@@ -198,6 +201,17 @@ class DnsClient:
         ttl = result.response.resolve_chaining().minimum_ttl
         records = tuple(_value(rdtype, rd) for rd in result.rrset)
         return DnsAnswer(Outcome.ANSWER, records, max(cfg.min_ttl, min(ttl, cfg.max_ttl)))
+
+    def _cname_loop(self, error: dns.resolver.NoNameservers) -> DnsAnswer | None:
+        """NODATA when a server answered with a CNAME chain that never ends (a loop, or
+        longer than dnspython follows), else None. Such data is broken for good: asking
+        again gets the same answer, so it is "no records", never a temporary error (RFC
+        7208 test suite, ``ptr-cname-loop``). Cached for the chain's TTL, as a negative."""
+        for _server, _tcp, _port, exc, response in error.kwargs.get("errors") or ():
+            if isinstance(exc, dns.message.ChainTooLong):
+                ttl = min((rrset.ttl for rrset in response.answer), default=0) if response is not None else 0
+                return DnsAnswer(Outcome.NODATA, (), min(ttl, self.config.max_negative_ttl))
+        return None
 
     def _negative_ttl(self, response: dns.message.Message | None) -> int:
         """RFC 2308 §5: the lesser of the SOA's TTL and its MINIMUM field; 0 without a SOA."""

@@ -131,3 +131,12 @@ def test_a_name_too_long_to_exist_is_nxdomain_without_a_query(dns, clock):
     answer = run(client(dns, clock).resolve(".".join(["a" * 63] * 4) + ".example", "TXT"))
     assert answer.outcome is Outcome.NXDOMAIN and answer.ttl == 0
     assert dns.total == 0
+
+
+def test_cname_loop_is_nodata_and_cached(dns, clock):
+    c = client(dns, clock)
+    answer = run(c.resolve("cname-loop1.example", "A"))
+    assert answer.outcome is Outcome.NODATA and not answer.is_error
+    assert answer.ttl > 0
+    assert run(c.resolve("cname-loop1.example", "A")) == answer
+    assert dns.count("cname-loop1.example", "A") == 1

@@ -1,0 +1,17 @@
+"""The result of an authentication method: RFC 7208's results, shared by SPF and the others."""
+from __future__ import annotations
+
+import enum
+
+
+class Result(str, enum.Enum):
+    """A method's result. The values are upper case (``Authent:`` and the decision's
+    per-method results show them so); ``result.lower()`` is the RFC 7208 / RFC 8601 spelling."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    SOFTFAIL = "SOFTFAIL"
+    NEUTRAL = "NEUTRAL"
+    NONE = "NONE"
+    TEMPERROR = "TEMPERROR"
+    PERMERROR = "PERMERROR"
