@@ -18,19 +18,13 @@ import pytest
 import spf
 import uvloop
 
-from checkid.config import Config, DnsConfig, RegistryConfig
 from checkid.engine.decision import Action, Envelope
 from checkid.engine.engine import Engine
+from testsupport.config import base_config
 from testsupport.dnsserver import TestDnsServer
 
 BATCH = 100
 ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
-
-
-def base_config(server: TestDnsServer) -> Config:
-    """An engine that asks only the test server (as the tests' engines do)."""
-    return Config(dns=DnsConfig(nameservers=(server.address,), timeout=0.4, decision_timeout=3.0),
-                  registry=RegistryConfig(zone="registry.test"))
 
 
 @pytest.fixture(scope="module")

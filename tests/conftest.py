@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,9 +9,11 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from checkid.config import Config, DnsConfig, RegistryConfig
 from checkid.engine.engine import Engine
+from testsupport.config import base_config
 from testsupport.dnsserver import TestDnsServer
+
+__all__ = ["base_config", "run", "split"]
 
 ZONES = Path(__file__).resolve().parents[1] / "testsupport" / "zones"
 T = TypeVar("T")
@@ -31,15 +32,6 @@ def dns(dns_server: TestDnsServer) -> Iterator[TestDnsServer]:
     dns_server.clear_faults()
     yield dns_server
     dns_server.clear_faults()
-
-
-def base_config(server: TestDnsServer, **sections: Any) -> Config:
-    """A Config that asks only the test server, with short timeouts, and ``sections`` on top."""
-    config = Config(
-        dns=DnsConfig(nameservers=(server.address,), timeout=0.4, decision_timeout=3.0),
-        registry=RegistryConfig(zone="registry.test"),
-    )
-    return dataclasses.replace(config, **sections)
 
 
 @pytest.fixture
