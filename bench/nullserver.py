@@ -1,4 +1,4 @@
-"""Null servers: checkid's own Protocol code for each front-end over an engine that answers
+"""Null servers: checkid's own Protocol code for each front-end over a Decider that answers
 a fixed decision without deciding. They measure the stack's limit (uvloop, the codec, the
 session), the reference every front-end benchmark is compared with.
 
@@ -11,32 +11,27 @@ import asyncio
 import os
 import signal
 import socket
-from collections import Counter
 
 import uvloop
 
 from checkid.config import Config, ListenConfig
 from checkid.engine.decision import Action, Decision, Envelope, Header
+from checkid.engine.trace import Trace
+from checkid.protocols.base import ServerState
 from checkid.protocols.registry import protocol_factory
 
 DECISION = Decision(Action.ACCEPT, 250, "", "Sender OK",
                     (Header("Authent:", "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"),), "null")
 
 
-class NullEngine:
-    """What the front-ends need of an engine, answering DECISION at once."""
+class NullDecider:
+    """A :class:`checkid.protocols.decider.Decider` answering DECISION at once."""
 
-    def __init__(self) -> None:
-        self.config = Config()
-        self.counts: Counter[tuple[str, ...]] = Counter()
-        self.open_connections: Counter[str] = Counter()
-        self.thresholds = self
-
-    def key_for(self, rcpt: str) -> str:
-        return ""
-
-    async def decide(self, env: Envelope, trace: object = None, frontend: str = "") -> Decision:
+    async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
         return DECISION
+
+    def recipient_class(self, rcpt: str) -> str:
+        return ""
 
 
 def serve(protocol: str, sock: socket.socket) -> None:
@@ -45,11 +40,13 @@ def serve(protocol: str, sock: socket.socket) -> None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        engine = NullEngine()
-        factory = protocol_factory(engine, engine.config, ListenConfig(protocol, "127.0.0.1:1"))  # type: ignore[arg-type]
+        state = ServerState()
+        listen = ListenConfig(protocol, "127.0.0.1:1")  # type: ignore[arg-type]  # checked by argparse
+        factory = protocol_factory(NullDecider(), state, Config(), listen)
         server = await loop.create_server(factory, sock=sock)
         await stop.wait()
         server.close()
+        await state.shutdown(5.0)
     uvloop.run(main())
 
 
@@ -71,7 +68,11 @@ def main() -> None:
             os._exit(0)
         sock.close()
         children.append(pid)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in children])
+
+    def stop_children(*_: object) -> None:
+        for child in children:
+            os.kill(child, signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop_children)
     for pid in children:
         os.waitpid(pid, 0)
 

@@ -7,9 +7,10 @@ import importlib
 from collections.abc import Callable
 
 from checkid.config import Config, ListenConfig
-from checkid.engine.engine import Engine
+from checkid.protocols.base import ServerState
+from checkid.protocols.decider import Decider
 
-#: protocol name -> "module:function" returning a protocol factory for (engine, config, listen)
+#: protocol name -> "module:function" returning a protocol factory for (decider, state, config, listen)
 PROTOCOLS = {
     "policy": "checkid.protocols.postfix_policy.listener:factory",
     "msgpack-rpc": "checkid.protocols.msgpack_rpc.listener:factory",
@@ -17,7 +18,10 @@ PROTOCOLS = {
 }
 
 
-def protocol_factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+def protocol_factory(decider: Decider, state: ServerState, config: Config,
+                     listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for ``listen``: its connections call ``decider`` and are tracked
+    (counted, shut down) in ``state``."""
     module, _, name = PROTOCOLS[listen.protocol].partition(":")
     make: Callable[..., Callable[[], asyncio.Protocol]] = getattr(importlib.import_module(module), name)
-    return make(engine, config, listen)
+    return make(decider, state, config, listen)

@@ -12,11 +12,11 @@ import struct
 from collections import deque
 
 from checkid.errors import ProtocolError
-from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
-                                             ChangeHeader, Command, Connect, Data, DeleteRecipient, EndOfHeaders,
-                                             EndOfMessage, Header, Helo, InsertHeader, Macro, Mail, OptNeg,
-                                             OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplaceBody,
-                                             ReplyCode, Response, Unknown, Verdict)
+from checkid.protocols.milter.events import (DISPOSITION_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
+                                             ChangeHeader, Command, Connect, Data, DeleteRecipient, Disposition,
+                                             EndOfHeaders, EndOfMessage, HeaderField, Helo, InsertHeader, Macro, Mail,
+                                             OptNeg, OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplaceBody,
+                                             ReplyCode, Response, Unknown)
 
 #: Postfix sends a header of up to header_size_limit (100 KiB) in one packet; accept 1 MiB
 MAX_PACKET = 1024 * 1024
@@ -49,6 +49,11 @@ class Framer:
 
     def next_packet(self) -> tuple[bytes, bytes] | None:
         return self._packets.popleft() if self._packets else None
+
+    @property
+    def pending(self) -> int:
+        """Packets framed and not yet taken."""
+        return len(self._packets)
 
 
 def frame(code: bytes, payload: bytes = b"") -> bytes:
@@ -102,7 +107,7 @@ def decode_command(code: bytes, payload: bytes) -> Command:
         strings = _strings(payload, "HEADER")
         if len(strings) != 2:
             raise ProtocolError("HEADER is not name and value")
-        return Header(strings[0], strings[1])
+        return HeaderField(strings[0], strings[1])
     simple: dict[bytes, Command] = {b"T": Data(), b"N": EndOfHeaders(), b"A": Abort(), b"Q": Quit(),
                                     b"K": QuitNoClose()}
     if code in simple:
@@ -127,13 +132,18 @@ class CommandParser:
         packet = self._framer.next_packet()
         return None if packet is None else decode_command(*packet)
 
+    @property
+    def pending(self) -> int:
+        """Commands received and not yet taken with :meth:`next_event`."""
+        return self._framer.pending
+
 
 def _z(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\0"
 
 
 def encode_response(response: Response) -> bytes:
-    if isinstance(response, Verdict):
+    if isinstance(response, Disposition):
         return frame(response.code)
     if isinstance(response, ReplyCode):
         return frame(b"y", _z(response.text))
@@ -176,7 +186,7 @@ def encode_command(command: Command) -> bytes:
         return frame(b"U", _z(command.command))
     if isinstance(command, (Mail, Rcpt)):
         return frame(b"M" if isinstance(command, Mail) else b"R", b"".join(_z(a) for a in command.args))
-    if isinstance(command, Header):
+    if isinstance(command, HeaderField):
         return frame(b"L", _z(command.name) + _z(command.value))
     if isinstance(command, Body):
         return frame(b"B", command.chunk)
@@ -215,8 +225,8 @@ class ResponseParser:
                 lists.append((stage, rest[4:end].decode()))
                 rest = rest[end + 1:]
             return OptNegReply(version, actions, protocol, tuple(lists))
-        if code in VERDICT_CODES:
-            return Verdict(code)
+        if code in DISPOSITION_CODES:
+            return Disposition(code)
         if code == b"y":
             return ReplyCode(_strings(payload, "REPLYCODE")[0])
         if code == b"i":

@@ -110,7 +110,9 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class HeaderField:
+    """One header of the message (``L``), as the MTA passes it."""
+
     name: str
     value: str
 
@@ -151,7 +153,7 @@ class QuitNoClose:
     pass
 
 
-Command = (OptNeg | Macro | Connect | Helo | Mail | Rcpt | Data | Header | EndOfHeaders | Body
+Command = (OptNeg | Macro | Connect | Helo | Mail | Rcpt | Data | HeaderField | EndOfHeaders | Body
            | EndOfMessage | Unknown | Abort | Quit | QuitNoClose)
 
 
@@ -167,8 +169,8 @@ class OptNegReply:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """A reply without payload: c(ontinue) a(ccept) r(eject) t(empfail) d(iscard) s(kip) p(rogress)."""
+class Disposition:
+    """A reply without payload, the MTA's instruction for the command: c(ontinue) a(ccept) r(eject) t(empfail) d(iscard) s(kip) p(rogress)."""
 
     code: bytes
 
@@ -231,17 +233,17 @@ class ReplaceBody:
     chunk: bytes
 
 
-Response = (OptNegReply | Verdict | ReplyCode | InsertHeader | AddHeader | Quarantine | ChangeHeader
+Response = (OptNegReply | Disposition | ReplyCode | InsertHeader | AddHeader | Quarantine | ChangeHeader
             | AddRecipient | DeleteRecipient | ChangeFrom | ReplaceBody)
 
-CONTINUE = Verdict(b"c")
-ACCEPT = Verdict(b"a")
-REJECT = Verdict(b"r")
-TEMPFAIL = Verdict(b"t")
-DISCARD = Verdict(b"d")
-SKIP = Verdict(b"s")
-PROGRESS = Verdict(b"p")
+CONTINUE = Disposition(b"c")
+ACCEPT = Disposition(b"a")
+REJECT = Disposition(b"r")
+TEMPFAIL = Disposition(b"t")
+DISCARD = Disposition(b"d")
+SKIP = Disposition(b"s")
+PROGRESS = Disposition(b"p")
 #: Postfix only: 421 and hang up (a portable form is ReplyCode("421 ..."))
-SHUTDOWN = Verdict(b"4")
-#: verdict codes; "f" (CONN_FAIL) is defined by libmilter but implemented by no MTA
-VERDICT_CODES = (b"c", b"a", b"r", b"t", b"d", b"s", b"p", b"4", b"f")
+SHUTDOWN = Disposition(b"4")
+#: disposition codes; "f" (CONN_FAIL) is defined by libmilter but implemented by no MTA
+DISPOSITION_CODES = (b"c", b"a", b"r", b"t", b"d", b"s", b"p", b"4", b"f")

@@ -5,13 +5,15 @@ import asyncio
 from collections.abc import Callable
 
 from checkid.config import Config, ListenConfig
-from checkid.engine.engine import Engine
+from checkid.protocols.base import ServerState
+from checkid.protocols.decider import Decider
 from checkid.protocols.milter.server import MilterProtocol
 from checkid.protocols.milter.session import MilterOptions
 
 
-def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+def factory(decider: Decider, state: ServerState, config: Config,
+            listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     m = config.milter
     options = MilterOptions(m.decide_at, m.quarantine, m.progress_interval)
     idle = config.server.idle_timeout
-    return lambda: MilterProtocol(engine, options, idle)
+    return lambda: MilterProtocol(decider, state, options, idle)

@@ -1,108 +1,110 @@
 """The asyncio adapter for the milter protocol.
 
-Commands are answered strictly in order by one consumer task per connection; every
-command's responses (modifications + verdict at end of message) go out in one write, on a
-TCP_NODELAY socket (reference/milter.md §13: the Nagle stall). A malformed stream closes
-that connection with a log line and a metric.
+Commands are answered strictly in order: each is handled as soon as the one before it is
+answered, with no task per connection (a warm one completes at once). Every command's
+responses (modifications + verdict at end of message) go out in one write, on a
+TCP_NODELAY socket (reference/milter.md §13: the Nagle stall). Reading pauses while
+``MAX_QUEUED`` commands wait (the MTA sends a message's headers and body without waiting
+for replies while a decision is pending). A malformed stream closes that connection with a
+log line and a metric. On shutdown a connection between messages closes at once; one in a
+message closes after that message's end-of-message reply (or ABORT).
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-import time
 
-from checkid.engine.engine import Engine
 from checkid.errors import ProtocolError
-from checkid.protocols.flow import FlowControl
+from checkid.protocols import eager
+from checkid.protocols.base import Server, ServerState
+from checkid.protocols.decider import Decider
 from checkid.protocols.milter.codec import CommandParser, encode_response
 from checkid.protocols.milter.events import Response
 from checkid.protocols.milter.session import MilterOptions, MilterSession
-
-log = logging.getLogger(__name__)
 
 FRONT = "milter"
 #: stop reading from an MTA that has sent this many commands not yet handled
 MAX_QUEUED = 256
 
 
-class MilterProtocol(asyncio.Protocol):
-    def __init__(self, engine: Engine, options: MilterOptions, idle_timeout: float = 600.0) -> None:
-        self.engine = engine
-        self.options = options
-        self.idle_timeout = idle_timeout
+class MilterProtocol(Server):
+    max_in_flight = MAX_QUEUED
+    reads_while_closing = True  # the message in progress is finished first
+    parser: CommandParser
+
+    def __init__(self, decider: Decider, state: ServerState, options: MilterOptions,
+                 idle_timeout: float = 600.0) -> None:
+        super().__init__(state, FRONT, idle_timeout)
+        self.session = MilterSession(decider, options, FRONT)
         self.parser = CommandParser()
-        self.transport: asyncio.Transport | None = None
-        self.wakeup = asyncio.Event()
-        self.queued = 0
-        self.peer = "?"
+        #: the command being handled, while it waits (for a decision)
+        self.current: asyncio.Future[list[Response]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.peer = str(transport.get_extra_info("peername") or "unix")
-        engine = self.engine
-        self.session = MilterSession(lambda env: engine.decide(env, frontend=FRONT), self.options,
-                                     time.perf_counter, self._write, engine.thresholds.key_for)
-        engine.counts[("connections", FRONT)] += 1
-        engine.open_connections[FRONT] += 1
-        self.flow = FlowControl(transport, self.idle_timeout, MAX_QUEUED,  # type: ignore[arg-type]
-                                lambda: self.queued, self._close)
-        self.consumer = asyncio.ensure_future(self._consume())
+        super().connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.flow.activity()
-        try:
-            self.parser.receive_data(data)
-        except ProtocolError as e:
-            return self._fail(str(e))
-        self.wakeup.set()
+    def in_flight(self) -> int:
+        return self.parser.pending + (self.current is not None)
 
-    async def _consume(self) -> None:
-        while True:
+    def dispatch(self) -> None:
+        """Handle the queued commands in order until one has to wait."""
+        now = self.loop.time()
+        while self.current is None and not self.closed:
+            if self.closing and not self.session.in_message:
+                return self.close()
             try:
                 command = self.parser.next_event()
             except ProtocolError as e:
-                return self._fail(str(e))
+                return self.refuse(e)
             if command is None:
-                self.flow.update()
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            try:
-                responses = await self.session.handle(command)
-            except ProtocolError as e:
-                return self._fail(str(e))
-            except Exception:
-                log.exception("%s: internal error; closing", self.peer)
-                self.engine.counts[("internal_errors", FRONT)] += 1
-                return self._close()
-            self._write(responses)
-            if self.session.closed:
-                return self._close()
+                break
+            handling = eager.start(self.session.handle(command, now))
+            if not handling.done():
+                self.current = handling
+                handling.add_done_callback(self._handled)
+                self.arm_timer()  # a decision at end of message has a PROGRESS deadline
+                break
+            self._answer(handling)
+        self.flow.update()
+
+    def _handled(self, handling: asyncio.Future[list[Response]]) -> None:
+        self.current = None
+        if not handling.cancelled():
+            self._answer(handling)
+            self.dispatch()
+
+    def _answer(self, handling: asyncio.Future[list[Response]]) -> None:
+        error = handling.exception()
+        if isinstance(error, ProtocolError):
+            return self.refuse(error)
+        if error is not None:
+            self.internal_error(error, "internal error; closing")
+            return self.close()
+        self._write(handling.result())
+        if self.session.closed:
+            self.close()
 
     def _write(self, responses: list[Response]) -> None:
-        if responses and self.transport is not None and not self.transport.is_closing():
+        if responses and not self.closed and not self.transport.is_closing():
             self.transport.write(b"".join(encode_response(r) for r in responses))
 
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
+    def get_timer(self) -> float | None:
+        idle, progress = self.flow.get_timer(), self.session.get_timer()
+        return progress if idle is None else idle if progress is None else min(idle, progress)
 
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
+    def handle_timer(self, now: float) -> None:
+        self._write(self.session.handle_timer(now))
+        super().handle_timer(now)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.engine.open_connections[FRONT] -= 1
-        self.flow.close()
-        self.consumer.cancel()
+    def shutdown(self) -> None:
+        self.closing = True
+        if self.current is None:
+            self.dispatch()
 
-    def _fail(self, reason: str) -> None:
-        log.warning("%s: %s; closing the milter connection", self.peer, reason)
-        self.engine.counts[("protocol_errors", FRONT)] += 1
-        self._close()
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def lost(self) -> None:
+        if self.current is not None:
+            self.current.cancel()
+            self.current = None

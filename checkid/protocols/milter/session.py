@@ -6,13 +6,17 @@ modifications only at end of message, before its verdict. Order is lenient, as l
 only OPTNEG must come first. Connection state (``Connection``) lives until QUIT or
 QUIT_NC; message state (``Transaction``) is reset by ABORT and after end of message.
 
+Time is a parameter (reference/anchors.md, aioquic): :meth:`MilterSession.handle` takes
+``now``; while a decision at end of message is pending, :meth:`MilterSession.get_timer`
+is the next PROGRESS deadline and :meth:`MilterSession.handle_timer` gives the PROGRESS to
+send. The server arms the loop's timer; this module does no I/O.
+
 The identity is the HELO name: an SMTP ``ID`` verb cannot succeed through a milter
 (§6). When the MTA passes one to UNKNOWN anyway (Sendmail sends the whole line), its
 argument is recorded as the declared ID and the MTA rejects the verb as usual.
 """
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,11 +24,12 @@ from typing import Any
 
 from checkid.engine.decision import Action, Decision, Envelope
 from checkid.errors import ProtocolError
-from checkid.protocols.decisionlog import log_decision
+from checkid.protocols.decider import Decider, timed_decide
 from checkid.protocols.milter import replies
 from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, Command, Connect, Data,
-                                             EndOfHeaders, EndOfMessage, Flag, Header, Helo, Macro, Mail, OptNeg,
-                                             OptNegReply, Proto, Quit, QuitNoClose, Rcpt, Response, Stage, Unknown)
+                                             EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo, Macro, Mail,
+                                             OptNeg, OptNegReply, Proto, Quit, QuitNoClose, Rcpt, Response, Stage,
+                                             Unknown)
 
 #: what checkid may do to a message: insert its headers; quarantine FILTERed mail if configured
 WANTED_ACTIONS = Flag.ADDHDRS | Flag.QUARANTINE | Flag.SETSYMLIST
@@ -80,14 +85,10 @@ class Transaction:
 class MilterSession:
     """Answers one MTA connection's commands in order."""
 
-    def __init__(self, decide: Callable[[Envelope], Awaitable[Decision]], options: MilterOptions,
-                 clock: Callable[[], float], send: Callable[[list[Response]], None],
-                 recipient_class: Callable[[str], str] = lambda rcpt: "") -> None:
-        self._decide = decide
+    def __init__(self, decider: Decider, options: MilterOptions, front: str = "milter") -> None:
+        self.decider = decider
         self.options = options
-        self._clock = clock
-        self._send = send
-        self._class = recipient_class
+        self.front = front
         self.state = State.NEGOTIATE
         self.actions = 0
         self.protocol = 0
@@ -95,21 +96,46 @@ class MilterSession:
         self.tx = Transaction()
         #: set by QUIT: the MTA closes; so may we
         self.closed = False
+        #: the time given with the command being handled
+        self._now = 0.0
+        #: when the next PROGRESS is due (a decision at end of message is pending), else None
+        self._progress_at: float | None = None
         self._handlers: dict[type, Callable[[Any], Awaitable[list[Response]]]] = {
             OptNeg: self._on_optneg, Macro: self._on_macro, Connect: self._on_connect, Helo: self._on_helo,
-            Mail: self._on_mail, Rcpt: self._on_rcpt, Data: self._on_data, Header: self._on_header,
+            Mail: self._on_mail, Rcpt: self._on_rcpt, Data: self._on_data, HeaderField: self._on_header,
             EndOfHeaders: self._on_eoh, Body: self._on_body, EndOfMessage: self._on_eom,
             Unknown: self._on_unknown, Abort: self._on_abort, Quit: self._on_quit,
             QuitNoClose: self._on_quit_nc,
         }
 
-    async def handle(self, command: Command) -> list[Response]:
-        """The responses to one command ([] when none is due). :raises ProtocolError:"""
+    async def handle(self, command: Command, now: float) -> list[Response]:
+        """The responses to one command ([] when none is due), received at ``now``.
+
+        :raises ProtocolError: on a command out of place
+        """
+        self._now = now
         if self.state is State.NEGOTIATE and not isinstance(command, OptNeg):
             raise ProtocolError(f"{type(command).__name__} before option negotiation")
         if self.state is State.READY and isinstance(command, OptNeg):
             raise ProtocolError("second option negotiation on one connection")
         return await self._handlers[type(command)](command)
+
+    @property
+    def in_message(self) -> bool:
+        """Whether a message is open (MAIL seen, its end of message or ABORT not yet)."""
+        return self.tx.sender is not None
+
+    def get_timer(self) -> float | None:
+        """When the next PROGRESS is due, or None when no decision at end of message waits."""
+        return self._progress_at
+
+    def handle_timer(self, now: float) -> list[Response]:
+        """What to send at ``now``: PROGRESS when it is due (Sendmail waits 10 s per read by
+        default, a slow decision at end of message must show it is alive)."""
+        if self._progress_at is None or now < self._progress_at:
+            return []
+        self._progress_at = now + self.options.progress_interval
+        return [PROGRESS]
 
     def _reply(self, no_reply_bit: Proto) -> list[Response]:
         return [] if self.protocol & no_reply_bit else [CONTINUE]
@@ -180,7 +206,7 @@ class MilterSession:
         if self.tx.decision is None:
             self.tx.decision = await self._decided(self._envelope(rcpts=(rcpt,)))
             return [replies.envelope_verdict(self.tx.decision)]
-        if self._class(rcpt):  # this recipient has thresholds of its own
+        if self.decider.recipient_class(rcpt):  # this recipient has thresholds of its own
             decision = await self._decided(self._envelope(rcpts=(rcpt,)))
             if decision.action in (Action.REJECT, Action.TEMPFAIL):
                 self.tx.rcpts.pop()
@@ -190,7 +216,7 @@ class MilterSession:
     async def _on_data(self, cmd: Data) -> list[Response]:
         return self._reply(Proto.NR_DATA)
 
-    async def _on_header(self, cmd: Header) -> list[Response]:
+    async def _on_header(self, cmd: HeaderField) -> list[Response]:
         size = len(cmd.name) + len(cmd.value)
         if len(self.tx.headers) < MAX_HEADERS and self.tx.header_bytes + size <= MAX_HEADER_BYTES:
             self.tx.headers.append((cmd.name, cmd.value))
@@ -214,7 +240,11 @@ class MilterSession:
             return [CONTINUE]
         decision = tx.decision
         if decision is None or decision.action is Action.CONTINUE:  # ask again, with the content
-            decision = await self._with_progress(self._decided(self._envelope(tx)))
+            self._progress_at = self._now + self.options.progress_interval
+            try:
+                decision = await self._decided(self._envelope(tx))
+            finally:
+                self._progress_at = None
         return replies.end_of_message(decision, bool(self.actions & Flag.ADDHDRS),
                                       self.options.quarantine if self.actions & Flag.QUARANTINE else "")
 
@@ -226,20 +256,7 @@ class MilterSession:
                         body=bytes(tx.body) if tx.body or tx.headers else None)
 
     async def _decided(self, env: Envelope) -> Decision:
-        start = self._clock()
-        decision = await self._decide(env)
-        log_decision("milter", self.conn.macros.get("i", ""), env, decision, self._clock() - start)
-        return decision
-
-    async def _with_progress(self, work: Awaitable[Decision]) -> Decision:
-        """Send PROGRESS while a decision at end of message takes long (Sendmail waits 10 s
-        per read by default)."""
-        task = asyncio.ensure_future(work)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.options.progress_interval)
-            if done:
-                return task.result()
-            self._send([PROGRESS])
+        return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""))
 
 
 def _address(arg: str) -> str:

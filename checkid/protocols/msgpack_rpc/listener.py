@@ -5,10 +5,12 @@ import asyncio
 from collections.abc import Callable
 
 from checkid.config import Config, ListenConfig
-from checkid.engine.engine import Engine
+from checkid.protocols.base import ServerState
+from checkid.protocols.decider import Decider
 from checkid.protocols.msgpack_rpc.server import RpcProtocol
 
 
-def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+def factory(decider: Decider, state: ServerState, config: Config,
+            listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     idle = config.server.idle_timeout
-    return lambda: RpcProtocol(engine, idle)
+    return lambda: RpcProtocol(decider, state, idle)

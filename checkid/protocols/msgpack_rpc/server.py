@@ -1,17 +1,18 @@
 """The asyncio adapter for MessagePack-RPC: many requests in flight per connection, each
 answered when its decision is ready (out of order, tied by msgid). A stream that is not
-MessagePack closes that one connection."""
+MessagePack closes that one connection. A client's half-close, and a shutdown, are
+answered (what was asked so far) and then closed."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Coroutine
 from typing import Any
 
-from checkid.engine.engine import Engine
 from checkid.errors import ProtocolError
 from checkid.protocols import eager
-from checkid.protocols.flow import FlowControl
+from checkid.protocols.base import Server, ServerState
+from checkid.protocols.decider import Decider
 from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,
                                                  RpcParser, encode_response)
 from checkid.protocols.msgpack_rpc.service import RpcError, RpcService
@@ -23,35 +24,26 @@ FRONT = "msgpack-rpc"
 MAX_IN_FLIGHT = 256
 
 
-class RpcProtocol(asyncio.Protocol):
-    def __init__(self, engine: Engine, idle_timeout: float = 600.0) -> None:
-        self.engine = engine
-        self.idle_timeout = idle_timeout
+class RpcProtocol(Server):
+    max_in_flight = MAX_IN_FLIGHT
+    parser: RpcParser
+
+    def __init__(self, decider: Decider, state: ServerState, idle_timeout: float = 600.0) -> None:
+        super().__init__(state, FRONT, idle_timeout)
+        self.service = RpcService(decider, state, FRONT)
         self.parser = RpcParser()
-        self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Future[Any]] = set()
-        self.peer = "?"
+        self.tasks: set[asyncio.Future[None]] = set()
         self.eof = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self.peer = str(transport.get_extra_info("peername") or "unix")
-        self.service = RpcService(self.engine, time.perf_counter)
-        self.engine.counts[("connections", FRONT)] += 1
-        self.engine.open_connections[FRONT] += 1
-        self.flow = FlowControl(transport, self.idle_timeout, MAX_IN_FLIGHT,  # type: ignore[arg-type]
-                                lambda: len(self.tasks), self._idle)
+    def in_flight(self) -> int:
+        return len(self.tasks)
 
-    def data_received(self, data: bytes) -> None:
-        self.flow.activity()
-        try:
-            self.parser.receive_data(data)
-        except MessageTooLarge as e:
-            if e.msgid is not None:
-                self._send(e.msgid, str(e), None)
-            return self._fail(str(e))
-        except ProtocolError as e:
-            return self._fail(str(e))
+    def refuse(self, error: ProtocolError) -> None:
+        if isinstance(error, MessageTooLarge) and error.msgid is not None:
+            self._send(error.msgid, str(error), None)
+        super().refuse(error)
+
+    def dispatch(self) -> None:
         while (event := self.parser.next_event()) is not None:
             if isinstance(event, Request):
                 self._start(self._answer(event))
@@ -68,34 +60,27 @@ class RpcProtocol(asyncio.Protocol):
         self.eof = True
         return bool(self.tasks)  # False closes now; else _done closes after the last answer
 
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
+    def shutdown(self) -> None:
+        self.closing = True
+        if not self.tasks:
+            self.close()
 
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
-
-    def _idle(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.engine.open_connections[FRONT] -= 1
-        self.flow.close()
+    def lost(self) -> None:
         for task in self.tasks:
             task.cancel()
+        self.tasks.clear()
 
-    def _start(self, coro: Any) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = eager.start(coro)  # a warm decision answers here, with no Task
         if task.done():
             return self._done(task)
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Future[Any]) -> None:
+    def _done(self, task: asyncio.Future[None]) -> None:
         self.tasks.discard(task)
-        if self.eof and not self.tasks and self.transport is not None:
-            self.transport.close()
-            return
+        if (self.eof or self.closing) and not self.tasks and not self.closed:
+            return self.close()
         self.flow.update()
 
     async def _answer(self, request: Request) -> None:
@@ -103,9 +88,8 @@ class RpcProtocol(asyncio.Protocol):
             result = await self.service.call(request.method, request.params)
         except RpcError as e:
             return self._send(request.msgid, str(e), None)
-        except Exception:
-            log.exception("%s: %s failed", self.peer, request.method)
-            self.engine.counts[("internal_errors", FRONT)] += 1
+        except Exception as e:
+            self.internal_error(e, f"{request.method} failed")
             return self._send(request.msgid, "internal error", None)
         self._send(request.msgid, None, result)
 
@@ -116,11 +100,5 @@ class RpcProtocol(asyncio.Protocol):
             log.info("%s: notification %s: %s", self.peer, note.method, e)
 
     def _send(self, msgid: int, error: Any, result: Any) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.closed and not self.transport.is_closing():
             self.transport.write(encode_response(msgid, error, result))
-
-    def _fail(self, reason: str) -> None:
-        log.warning("%s: %s; closing the connection", self.peer, reason)
-        self.engine.counts[("protocol_errors", FRONT)] += 1
-        if self.transport is not None:
-            self.transport.close()

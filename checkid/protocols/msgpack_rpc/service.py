@@ -1,4 +1,4 @@
-"""The methods a MessagePack-RPC client may call, over the engine. No I/O of its own."""
+"""The methods a MessagePack-RPC client may call, over the :class:`Decider`. No I/O of its own."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,8 +6,9 @@ from typing import Any
 
 from checkid.engine.contract import envelope
 from checkid.engine.decision import Envelope
-from checkid.engine.engine import Engine
-from checkid.protocols.decisionlog import log_decision
+from checkid.errors import CheckidError
+from checkid.protocols.base import ServerState
+from checkid.protocols.decider import Decider, timed_decide
 
 #: the contract's parameter names, in order
 CHECKID_PARAMS = ("IP", "ID", "H", "S", "R", "Hdrs", "Body")
@@ -15,14 +16,15 @@ CHECKID_PARAMS = ("IP", "ID", "H", "S", "R", "Hdrs", "Body")
 MAX_BODY = 1024 * 1024
 
 
-class RpcError(Exception):
-    """An error to return to the caller in the response's error field."""
+class RpcError(CheckidError):
+    """An error to return to the caller in the response's error field (the connection stays good)."""
 
 
 class RpcService:
-    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
-        self.engine = engine
-        self.clock = clock
+    def __init__(self, decider: Decider, state: ServerState, front: str = "msgpack-rpc") -> None:
+        self.decider = decider
+        self.state = state
+        self.front = front
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             "checkID": self.check_id,
             "ping": self.ping,
@@ -38,10 +40,7 @@ class RpcService:
         return await result if hasattr(result, "__await__") else result
 
     async def check_id(self, params: list[Any]) -> list[Any]:
-        env = checkid_envelope(params)
-        start = self.clock()
-        decision = await self.engine.decide(env, frontend="msgpack-rpc")
-        log_decision("msgpack-rpc", "", env, decision, self.clock() - start)
+        decision = await timed_decide(self.decider, checkid_envelope(params), self.front)
         action, reply, headers = decision.as_tuple()
         return [action, list(reply), headers]
 
@@ -54,7 +53,8 @@ class RpcService:
         """This worker's counters, flattened: ``decisions:msgpack-rpc:ACCEPT:reputation``."""
         if params:
             raise RpcError("stats takes no params")
-        return {":".join(key): value for key, value in self.engine.counts.items()}
+        counts = self.state.stats() if self.state.stats is not None else self.state.counts
+        return {":".join(key): value for key, value in counts.items()}
 
 
 def checkid_envelope(params: list[Any]) -> Envelope:

@@ -5,7 +5,8 @@ import asyncio
 from collections.abc import Callable
 
 from checkid.config import Config, ListenConfig
-from checkid.engine.engine import Engine
+from checkid.protocols.base import ServerState
+from checkid.protocols.decider import Decider
 from checkid.protocols.postfix_policy.replies import ReplyOptions
 from checkid.protocols.postfix_policy.server import PolicyProtocol
 from checkid.protocols.postfix_policy.session import PolicyOptions
@@ -16,7 +17,8 @@ def options(config: Config) -> PolicyOptions:
     return PolicyOptions(pp.decide_at, ReplyOptions(pp.accept, pp.filter, pp.tempfail))
 
 
-def factory(engine: Engine, config: Config, listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
+def factory(decider: Decider, state: ServerState, config: Config,
+            listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     opts = options(config)
     idle = config.server.idle_timeout
-    return lambda: PolicyProtocol(engine, opts, oneshot=listen.oneshot, idle_timeout=idle)
+    return lambda: PolicyProtocol(decider, state, opts, oneshot=listen.oneshot, idle_timeout=idle)

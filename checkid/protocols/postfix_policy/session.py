@@ -10,14 +10,12 @@ prepended once per message: a later PREPEND is answered DUNNO.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass
 
 from checkid.engine.decision import Decision, Envelope
 from checkid.errors import ProtocolError
 from checkid.protocols import eager
-from checkid.protocols.decisionlog import log_decision
+from checkid.protocols.decider import Decider, timed_decide
 from checkid.protocols.postfix_policy.codec import Request
 from checkid.protocols.postfix_policy.replies import ReplyOptions, render
 
@@ -46,14 +44,10 @@ def envelope(request: Request) -> Envelope:
 class PolicySession:
     """Answers the requests of one connection, in the order given to :meth:`answer`."""
 
-    def __init__(self, decide: Callable[[Envelope], Coroutine[Any, Any, Decision]], options: PolicyOptions,
-                 clock: Callable[[], float], front: str = "policy",
-                 recipient_class: Callable[[str], str] = lambda rcpt: "") -> None:
-        self._decide = decide
+    def __init__(self, decider: Decider, options: PolicyOptions, front: str = "policy") -> None:
+        self.decider = decider
         self.options = options
-        self._clock = clock
-        self._front = front
-        self._class = recipient_class
+        self.front = front
         self._instance: str | None = None
         #: this instance's decisions by recipient class
         self._decisions: dict[str, asyncio.Future[Decision]] = {}
@@ -69,17 +63,13 @@ class PolicySession:
         instance = request.get("instance", "")
         if not instance or instance != self._instance:
             self._instance, self._decisions = instance or None, {}
-        rclass = self._class(request.get("recipient", ""))
+        rclass = self.decider.recipient_class(request.get("recipient", ""))
         pending = self._decisions.get(rclass) if instance else None
         if pending is None:
-            env = envelope(request)
-            start = self._clock()
-            pending = eager.start(self._decide(env))
+            pending = eager.start(timed_decide(self.decider, envelope(request), self.front,
+                                               request.get("queue_id", "")))
             self._decisions[rclass] = pending
-            decision = await pending
-            log_decision(self._front, request.get("queue_id", ""), env, decision, self._clock() - start)
-        else:
-            decision = await pending
+        decision = await pending
         action = render(decision, self.options.replies)
         if action.startswith("PREPEND ") and instance:
             if self._prepended == instance:

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 
 from checkid.errors import ProtocolError
 from checkid.protocols.milter import codec
-from checkid.protocols.milter.events import (VERDICT_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
-                                             ChangeHeader, Connect, Data, DeleteRecipient, EndOfHeaders,
-                                             EndOfMessage, Header, Helo, InsertHeader, Macro, Mail, OptNeg,
+from checkid.protocols.milter.events import (DISPOSITION_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
+                                             ChangeHeader, Connect, Data, DeleteRecipient, Disposition, EndOfHeaders,
+                                             EndOfMessage, HeaderField, Helo, InsertHeader, Macro, Mail, OptNeg,
                                              OptNegReply, Quarantine, Quit, QuitNoClose, Rcpt, ReplaceBody,
-                                             ReplyCode, Unknown, Verdict)
+                                             ReplyCode, Unknown)
 from tests.conftest import split
 
 
@@ -65,7 +65,7 @@ def test_malformed_packets_are_protocol_errors(data, message):
 
 def test_a_large_header_packet_is_accepted():
     value = "x" * 200_000  # Postfix sends headers up to header_size_limit in one packet
-    assert commands([codec.encode_command(Header("X-Big", value))]) == [Header("X-Big", value)]
+    assert commands([codec.encode_command(HeaderField("X-Big", value))]) == [HeaderField("X-Big", value)]
 
 
 text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=30)
@@ -79,14 +79,14 @@ command_events = st.one_of(
     st.builds(Helo, text), st.builds(Unknown, text),
     st.builds(Mail, st.lists(text, min_size=1, max_size=4).map(tuple)),
     st.builds(Rcpt, st.lists(text, min_size=1, max_size=4).map(tuple)),
-    st.builds(Header, text, text), st.builds(Body, st.binary(max_size=100)),
+    st.builds(HeaderField, text, text), st.builds(Body, st.binary(max_size=100)),
     st.builds(EndOfMessage, st.binary(max_size=10)),
     st.sampled_from([Data(), EndOfHeaders(), Abort(), Quit(), QuitNoClose()]),
 )
 response_events = st.one_of(
     st.builds(OptNegReply, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
               st.lists(st.tuples(st.integers(0, 6), text.filter(bool)), max_size=3).map(tuple)),
-    st.sampled_from([Verdict(c) for c in VERDICT_CODES]),
+    st.sampled_from([Disposition(c) for c in DISPOSITION_CODES]),
     st.builds(ReplyCode, text), st.builds(InsertHeader, st.integers(0, 2**32 - 1), text, text),
     st.builds(AddHeader, text, text), st.builds(Quarantine, text),
     st.builds(ChangeHeader, st.integers(0, 2**32 - 1), text, text),

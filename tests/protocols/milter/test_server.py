@@ -1,20 +1,76 @@
-"""The milter server over a real socket, as an MTA drives it, against in-process decisions."""
+"""The milter server: its dispatch and back-pressure with a fake transport, then over a real
+socket as an MTA drives it, against in-process decisions."""
 from __future__ import annotations
 
 import asyncio
 
 from checkid.config import ListenConfig
 from checkid.engine.engine import Engine
-from checkid.protocols.registry import protocol_factory
+from checkid.protocols.base import ServerState
 from checkid.protocols.milter import codec
-from checkid.protocols.milter.events import (ACCEPT, CONTINUE, Connect, EndOfMessage, Header, Helo,
+from checkid.protocols.milter.events import (ACCEPT, CONTINUE, Connect, EndOfMessage, HeaderField, Helo,
                                              InsertHeader, Mail, OptNeg, OptNegReply, QuitNoClose, Rcpt, ReplyCode)
+from checkid.protocols.milter.server import MAX_QUEUED, MilterProtocol
+from checkid.protocols.milter.session import MilterOptions
+from checkid.protocols.registry import protocol_factory
 from tests.conftest import base_config, run
+from tests.protocols.fakes import Decider, connect, until
+
+OPEN = b"".join(codec.encode_command(c) for c in (OptNeg(6, 0x1FF, 0x1FFFFF), Connect("h", "4", 25, "192.0.2.1"),
+                                                  Helo("example.com"), Mail(("<a@example.com>",))))
+
+
+def replies(data):
+    parser = codec.ResponseParser()
+    parser.receive_data(data)
+    out = []
+    while (event := parser.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def test_reading_pauses_while_commands_queue_behind_a_pending_decision():
+    async def go():
+        decider = Decider(hold=True)
+        proto = MilterProtocol(decider, ServerState(), MilterOptions())
+        transport = connect(proto)
+        proto.data_received(OPEN)
+        await until(lambda: decider.waiting)  # the decision at MAIL is pending
+        headers = b"".join(codec.encode_command(HeaderField(f"X-{i}", "v")) for i in range(5000))
+        for start in range(0, len(headers), 65536):  # as a transport delivers them
+            if transport.reading:
+                proto.data_received(headers[start:start + 65536])
+        held = (transport.pauses, transport.reading, proto.in_flight())
+        decider.release()
+        await until(lambda: not proto.in_flight())
+        return held, transport.reading, replies(transport.take())
+
+    (pauses, reading, queued), resumed, answers = run(go())
+    assert pauses == 1 and not reading and MAX_QUEUED <= queued < 5000
+    assert resumed and len(answers) == 2  # OPTNEG, MAIL: headers get no reply (negotiated)
+
+
+def test_commands_are_answered_in_order_behind_a_pending_decision():
+    async def go():
+        decider = Decider(hold=True)
+        proto = MilterProtocol(decider, ServerState(), MilterOptions(decide_at="RCPT"))
+        transport = connect(proto)
+        proto.data_received(OPEN + codec.encode_command(Rcpt(("<b@example.org>",)))
+                            + codec.encode_command(Rcpt(("<c@example.org>",))))
+        await until(lambda: decider.waiting)
+        before = replies(transport.take())
+        decider.release()
+        await until(lambda: not proto.in_flight())
+        return before, replies(transport.take()), len(decider.envelopes)
+
+    before, after, decided = run(go())
+    assert [type(r) for r in before] == [OptNegReply, type(CONTINUE)]  # OPTNEG, MAIL; the RCPTs wait
+    assert after == [CONTINUE, CONTINUE] and decided == 1
 
 
 async def serve(dns):
     engine = Engine(base_config(dns))
-    factory = protocol_factory(engine, engine.config, ListenConfig("milter", "127.0.0.1:1"))
+    factory = protocol_factory(engine, ServerState(), engine.config, ListenConfig("milter", "127.0.0.1:1"))
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -49,7 +105,7 @@ def test_full_sessions_and_quit_nc_reuse_over_a_socket(dns):
         mail = await mta.send(Connect("h", "4", 25, "192.0.2.1"), Helo("example.com"),
                               Mail(("<a@example.com>",)))
         rcpt = await mta.send(Rcpt(("<b@example.org>",)))
-        eom = await mta.send(Header("Subject", "x"), EndOfMessage(), replies=2)
+        eom = await mta.send(HeaderField("Subject", "x"), EndOfMessage(), replies=2)
         await mta.send(QuitNoClose(), replies=0)
         again = await mta.send(Connect("h2", "4", 25, "192.0.2.1"), Helo("example.net"),
                                Mail(("<a@example.net>",)))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -10,16 +9,7 @@ from checkid.engine.decision import Action, Decision, Header
 from checkid.errors import ProtocolError
 from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
 from tests.conftest import run
-
-
-class FakeEngine:
-    def __init__(self, decision):
-        self.decision = decision
-        self.calls = []
-
-    async def decide(self, env):
-        self.calls.append(env)
-        return self.decision
+from tests.protocols.fakes import Decider
 
 
 ACCEPT = Decision(Action.ACCEPT, 250, "", "Sender OK", (Header("Authent:", "x"),))
@@ -31,8 +21,8 @@ def req(state="RCPT", instance="i1", **attrs):
             "client_address": "192.0.2.1", "helo_name": "example.com", "sender": "a@example.com", **attrs}
 
 
-def answers(engine, *requests, options=PolicyOptions(), rclass=lambda r: "", pipelined=False):
-    session = PolicySession(engine.decide, options, time.perf_counter, recipient_class=rclass)
+def answers(decider, *requests, options=PolicyOptions(), pipelined=False):
+    session = PolicySession(decider, options)
 
     async def go():
         if pipelined:
@@ -42,48 +32,46 @@ def answers(engine, *requests, options=PolicyOptions(), rclass=lambda r: "", pip
 
 
 def test_other_stages_are_dunno_and_not_decided():
-    engine = FakeEngine(ACCEPT)
-    assert answers(engine, req("CONNECT"), req("MAIL"), req("DATA")) == ["DUNNO"] * 3
-    assert engine.calls == []
+    decider = Decider(ACCEPT)
+    assert answers(decider, req("CONNECT"), req("MAIL"), req("DATA")) == ["DUNNO"] * 3
+    assert decider.envelopes == []
 
 
 def test_one_decision_and_one_header_per_instance():
-    engine = FakeEngine(ACCEPT)
-    out = answers(engine, req(recipient="a@x"), req(recipient="b@x"), req(recipient="c@x"))
+    decider = Decider(ACCEPT)
+    out = answers(decider, req(recipient="a@x"), req(recipient="b@x"), req(recipient="c@x"))
     assert out == ["PREPEND Authent: x", "DUNNO", "DUNNO"]
-    assert len(engine.calls) == 1
-    env = engine.calls[0]
+    assert len(decider.envelopes) == 1
+    env = decider.envelopes[0]
     assert (env.ip, env.id, env.helo, env.sender, env.rcpts) == ("192.0.2.1", None, "example.com",
                                                                  "a@example.com", ("a@x",))
 
 
 def test_a_reject_is_repeated_for_every_recipient_and_a_new_instance_decides_again():
-    engine = FakeEngine(REJECT)
-    out = answers(engine, req(), req(), req(instance="i2"))
+    decider = Decider(REJECT)
+    out = answers(decider, req(), req(), req(instance="i2"))
     assert out == ["550 5.7.1 No"] * 3
-    assert len(engine.calls) == 2
+    assert len(decider.envelopes) == 2
 
 
 def test_pipelined_requests_of_one_instance_share_one_decision():
-    engine = FakeEngine(ACCEPT)
-    out = answers(engine, req(recipient="a@x"), req(recipient="b@x"), pipelined=True)
-    assert sorted(out) == ["DUNNO", "PREPEND Authent: x"] and len(engine.calls) == 1
+    decider = Decider(ACCEPT)
+    out = answers(decider, req(recipient="a@x"), req(recipient="b@x"), pipelined=True)
+    assert sorted(out) == ["DUNNO", "PREPEND Authent: x"] and len(decider.envelopes) == 1
 
 
 def test_recipients_with_their_own_thresholds_get_their_own_decision_and_one_header():
-    engine = FakeEngine(ACCEPT)
-    rclass = {"strict@x": "strict@x"}.get
-    out = answers(engine, req(recipient="a@x"), req(recipient="strict@x"), req(recipient="b@x"),
-                  rclass=lambda r: rclass(r, ""))
+    decider = Decider(ACCEPT, classes={"strict@x": "strict@x"})
+    out = answers(decider, req(recipient="a@x"), req(recipient="strict@x"), req(recipient="b@x"))
     assert out == ["PREPEND Authent: x", "DUNNO", "DUNNO"]
-    assert [e.rcpts for e in engine.calls] == [("a@x",), ("strict@x",)]
+    assert [e.rcpts for e in decider.envelopes] == [("a@x",), ("strict@x",)]
 
 
 def test_decide_at_another_stage():
-    engine = FakeEngine(REJECT)
-    assert answers(engine, req("RCPT"), req("MAIL"), options=PolicyOptions(decide_at="MAIL")) == ["DUNNO", "550 5.7.1 No"]
+    decider = Decider(REJECT)
+    assert answers(decider, req("RCPT"), req("MAIL"), options=PolicyOptions(decide_at="MAIL")) == ["DUNNO", "550 5.7.1 No"]
 
 
 def test_not_a_policy_request_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="not a policy request"):
-        answers(FakeEngine(ACCEPT), {"protocol_state": "RCPT"})
+        answers(Decider(ACCEPT), {"protocol_state": "RCPT"})

@@ -1,0 +1,109 @@
+"""Fakes for driving the front-ends without sockets or an engine: a transport that records
+what the server does to it (uvicorn's MockTransport) and deciders that answer at once or
+when the test says."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from checkid.engine.decision import Action, Decision, Envelope, Header
+
+AUTHENT = Header("Authent:", "192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B")
+ACCEPTED = Decision(Action.ACCEPT, 250, "", "Sender OK", (AUTHENT,), "reputation")
+REJECTED = Decision(Action.REJECT, 550, "5.7.1", "Sending MTA '192.0.2.1' not authorized by 'example.net'",
+                    (), "methods")
+
+
+class FakeTransport:
+    """Records writes, pauses and closes; a close reports the loss to the protocol on the next
+    loop iteration, as a real transport does."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+        self.data = bytearray()
+        self.reading = True
+        self.pauses = 0
+        self.closed = False
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("192.0.2.9", 4321)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.data += data
+
+    def take(self) -> bytes:
+        data, self.data = bytes(self.data), bytearray()
+        return data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+
+def connect(protocol: asyncio.Protocol) -> FakeTransport:
+    transport = FakeTransport(protocol)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return transport
+
+
+class Decider:
+    """Only what a front-end may call (no counts, thresholds or connection state): answers
+    ``decisions`` in turn (the last one again when they run out), at once or, with
+    ``hold``, when :meth:`release` is called."""
+
+    __slots__ = ("decisions", "envelopes", "fronts", "hold", "waiting", "classes")
+
+    def __init__(self, *decisions: Decision, hold: bool = False, classes: dict[str, str] | None = None) -> None:
+        self.decisions = list(decisions or (ACCEPTED,))
+        self.envelopes: list[Envelope] = []
+        self.fronts: list[str] = []
+        self.hold = hold
+        self.waiting: list[asyncio.Future[None]] = []
+        self.classes = classes or {}
+
+    async def decide(self, envelope: Envelope, trace: object = None, frontend: str = "inprocess") -> Decision:
+        self.envelopes.append(envelope)
+        self.fronts.append(frontend)
+        decision = self.decisions.pop(0) if len(self.decisions) > 1 else self.decisions[0]
+        if self.hold:
+            waiting = asyncio.get_running_loop().create_future()
+            self.waiting.append(waiting)
+            await waiting
+        return decision
+
+    def recipient_class(self, rcpt: str) -> str:
+        return self.classes.get(rcpt, "")
+
+    def release(self) -> None:
+        """Let every decision held so far complete."""
+        for waiting in self.waiting:
+            if not waiting.done():
+                waiting.set_result(None)
+        self.waiting.clear()
+
+
+async def until(condition: Callable[[], object], turns: int = 1000) -> None:
+    """Let the loop run until ``condition()`` holds, for at most ``turns`` iterations (no wall
+    time: everything the fakes do completes in a few)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not reached in {turns} loop iterations")

@@ -1,0 +1,249 @@
+"""What every front-end server shares: back-pressure, the idle deadline driven by a given
+``now``, connection tracking and graceful shutdown (fake transports, no sockets, no sleeps)."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import msgpack
+import pytest
+
+from checkid.config import Config, ListenConfig, ServerConfig
+from checkid.errors import CheckidError
+from checkid.protocols.base import FlowControl, ServerState
+from checkid.protocols.milter import codec as milter
+from checkid.protocols.milter.events import (ACCEPT, CONTINUE, Abort, Connect, EndOfMessage, HeaderField, Helo,
+                                             InsertHeader, Mail, OptNeg, OptNegReply, ReplyCode)
+from checkid.protocols.msgpack_rpc import codec as rpc
+from checkid.protocols.msgpack_rpc.service import RpcError, RpcService
+from checkid.protocols.postfix_policy import codec as pol
+from checkid.protocols.registry import PROTOCOLS, protocol_factory
+from tests.conftest import run
+from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider, connect, until
+
+IDLE = 30.0
+
+
+class Transport:
+    def __init__(self):
+        self.reading = True
+        self.closing = False
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def is_closing(self):
+        return self.closing
+
+
+def make(protocol, decider, state=None, **listen):
+    config = dataclasses.replace(Config(), server=ServerConfig(idle_timeout=IDLE))
+    factory = protocol_factory(decider, state or ServerState(), config, ListenConfig(protocol, "127.0.0.1:1", **listen))
+    return factory()
+
+
+def policy_request(instance="1"):
+    return pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                               "client_address": "192.0.2.1", "helo_name": "example.com", "sender": "",
+                               "recipient": "u@example.org", "instance": instance})
+
+
+#: one request of each protocol that asks for a decision, and how to read its answer
+REQUESTS = {
+    "policy": (policy_request(), lambda data: pol.parse_reply(data)),
+    "msgpack-rpc": (rpc.encode_request(7, "checkID", ["192.0.2.1", "example.com"]), msgpack.unpackb),
+}
+MILTER_OPEN = b"".join(milter.encode_command(c) for c in (OptNeg(6, 0x1FF, 0x1FFFFF), Connect("h", "4", 25, "192.0.2.1"),
+                                                          Helo("example.com")))
+
+
+def milter_replies(data):
+    parser = milter.ResponseParser()
+    parser.receive_data(data)
+    out = []
+    while (event := parser.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def test_flow_reading_pauses_while_the_peer_does_not_read_or_too_much_is_in_flight():
+    t, in_flight = Transport(), [0]
+    flow = FlowControl(t, 0, 3, lambda: in_flight[0])
+    flow.pause_writing()
+    paused_by_writes = not t.reading
+    flow.resume_writing()
+    resumed = t.reading
+    in_flight[0] = 3
+    flow.update()
+    paused_by_load = not t.reading
+    in_flight[0] = 2
+    flow.update()
+    assert (paused_by_writes, resumed, paused_by_load, t.reading) == (True, True, True, True)
+
+
+def test_flow_idle_deadline_follows_activity_and_waits_for_work_in_flight():
+    in_flight = [0]
+    flow = FlowControl(Transport(), 10.0, 8, lambda: in_flight[0], now=100.0)
+    assert flow.get_timer() == 110.0
+    assert not flow.handle_timer(109.9)
+    flow.activity(105.0)  # data arrived: the deadline moves
+    assert flow.get_timer() == 115.0 and not flow.handle_timer(110.0)
+    in_flight[0] = 1  # a request in flight is not idleness: the idle time starts again
+    assert not flow.handle_timer(115.0) and flow.get_timer() == 125.0
+    in_flight[0] = 0
+    assert not flow.handle_timer(124.0) and flow.handle_timer(125.0)
+    assert FlowControl(Transport(), 0, 8, lambda: 0).get_timer() is None  # no idle timeout
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_server_closes_a_connection_idle_until_its_deadline(protocol):
+    async def go():
+        proto = make(protocol, Decider())
+        transport = connect(proto)
+        deadline = proto.get_timer()
+        proto.handle_timer(deadline - 0.001)
+        early = transport.closed
+        proto.handle_timer(deadline)
+        await until(lambda: proto.closed and not proto.state.connections)
+        return early, transport.closed, transport.aborted
+
+    assert run(go()) == (False, True, False)
+
+
+@pytest.mark.parametrize("protocol", sorted(REQUESTS))
+def test_server_with_a_request_in_flight_is_not_idle(protocol):
+    async def go():
+        decider = Decider(hold=True)
+        proto = make(protocol, decider)
+        transport = connect(proto)
+        proto.data_received(REQUESTS[protocol][0])
+        deadline = proto.get_timer()
+        proto.handle_timer(deadline)
+        busy_closed = transport.closed
+        decider.release()
+        await until(lambda: transport.data and not proto.in_flight())
+        proto.handle_timer(proto.get_timer())
+        return busy_closed, transport.closed
+
+    assert run(go()) == (False, True)
+
+
+@pytest.mark.parametrize("protocol", sorted(REQUESTS))
+def test_shutdown_answers_what_is_in_flight_then_closes(protocol):
+    async def go():
+        decider, state = Decider(hold=True), ServerState()
+        proto = make(protocol, decider, state)
+        transport = connect(proto)
+        request, parse = REQUESTS[protocol]
+        proto.data_received(request)
+        await until(lambda: decider.waiting)
+        opened = (state.open[proto.front], state.counts[("connections", proto.front)])
+        shutting = asyncio.ensure_future(state.shutdown(60.0))
+        await until(lambda: proto.closing)
+        proto.data_received(request)  # asked after the shutdown: not answered
+        still_open = not transport.closed
+        decider.release()
+        await shutting
+        return opened, still_open, parse(bytes(transport.data)), transport.aborted, state.open[proto.front]
+
+    opened, still_open, answer, aborted, open_now = run(go())
+    assert opened == (1, 1) and still_open and not aborted and open_now == 0
+    assert answer == ("PREPEND Authent: " + AUTHENT.text if protocol == "policy"
+                      else [1, 7, None, list(map(_listify, ACCEPTED.as_tuple()))])
+
+
+def _listify(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_shutdown_aborts_what_is_still_busy_after_the_timeout():
+    async def go():
+        decider, state = Decider(hold=True), ServerState()
+        proto = make("policy", decider, state)
+        transport = connect(proto)
+        proto.data_received(policy_request())
+        await until(lambda: decider.waiting)
+        await state.shutdown(0)
+        return transport.aborted, transport.data, state.connections
+
+    assert run(go()) == (True, bytearray(), set())
+
+
+def test_shutdown_closes_an_idle_milter_connection_at_once():
+    async def go():
+        state = ServerState()
+        before = asyncio.all_tasks()
+        proto = make("milter", Decider(hold=True), state)
+        transport = connect(proto)
+        proto.data_received(MILTER_OPEN)
+        negotiated = milter_replies(transport.take())
+        tasks = asyncio.all_tasks() - before  # an idle connection runs nothing
+        await state.shutdown(60.0)  # returns when the connection is gone: nothing to wait for
+        return negotiated, tasks, transport.closed, transport.aborted, state.open["milter"]
+
+    negotiated, tasks, closed, aborted, open_now = run(go())
+    assert isinstance(negotiated[0], OptNegReply) and tasks == set()
+    assert closed and not aborted and open_now == 0
+
+
+def test_shutdown_closes_a_milter_connection_after_its_message_ends():
+    async def go():
+        decider, state = Decider(hold=True), ServerState()
+        proto = make("milter", decider, state)
+        transport = connect(proto)
+        proto.data_received(MILTER_OPEN + milter.encode_command(Mail(("<a@example.com>",))))
+        await until(lambda: decider.waiting)  # the decision at MAIL is pending
+        transport.take()
+        shutting = asyncio.ensure_future(state.shutdown(60.0))
+        await until(lambda: proto.closing)
+        decider.release()
+        await until(lambda: transport.data)
+        after_mail = (milter_replies(transport.take()), transport.closed)
+        proto.data_received(milter.encode_command(HeaderField("Subject", "x")))
+        proto.data_received(milter.encode_command(EndOfMessage()))
+        await shutting
+        return after_mail, milter_replies(transport.take()), transport.closed, transport.aborted
+
+    after_mail, at_eom, closed, aborted = run(go())
+    assert after_mail == ([CONTINUE], False)  # in a message: the connection stays for its end
+    assert at_eom == [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT] and closed and not aborted
+
+
+def test_shutdown_of_a_milter_connection_waits_for_a_pending_rejection_then_closes():
+    async def go():
+        decider, state = Decider(REJECTED, hold=True), ServerState()
+        proto = make("milter", decider, state)
+        transport = connect(proto)
+        proto.data_received(MILTER_OPEN + milter.encode_command(Mail(("<a@example.net>",))))
+        await until(lambda: decider.waiting)
+        transport.take()
+        shutting = asyncio.ensure_future(state.shutdown(60.0))
+        decider.release()
+        await until(lambda: transport.data)
+        reply = milter_replies(transport.take())
+        # the MTA ends a refused transaction with ABORT: the connection then closes
+        proto.data_received(milter.encode_command(Abort()))
+        await shutting
+        return reply, transport.closed
+
+    reply, closed = run(go())
+    assert isinstance(reply[0], ReplyCode) and closed
+
+
+def test_rpc_stats_answer_from_the_states_stats_when_given_else_its_counts():
+    async def go():
+        state = ServerState()
+        state.counts[("connections", "msgpack-rpc")] += 2
+        own = await RpcService(Decider(), state).call("stats", [])
+        given = ServerState(stats=lambda: {("decisions", "msgpack-rpc", "ACCEPT", "reputation"): 5})
+        return own, await RpcService(Decider(), given).call("stats", [])
+
+    assert run(go()) == ({"connections:msgpack-rpc": 2}, {"decisions:msgpack-rpc:ACCEPT:reputation": 5})
+
+
+def test_rpc_errors_are_checkid_errors():
+    assert issubclass(RpcError, CheckidError)
+
