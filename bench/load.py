@@ -29,7 +29,7 @@ import msgpack
 
 from bench.workload import Request, Workload
 from checkid.protocols.milter import codec as milter_codec
-from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, Header, Helo, Mail,
+from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, HeaderField, Helo, Mail,
                                              OptNeg, Quit, Rcpt)
 from checkid.protocols.postfix_policy.codec import encode_request
 from testsupport.dnsserver import queries_asked
@@ -92,8 +92,8 @@ def msgpack_request(r: Request, n: int) -> bytes:
 
 def milter_session(r: Request) -> list[bytes]:
     cmds = [OptNeg(6, 0x1FF, 0x1FFFFF), Connect(r.helo, "4", 25, r.ip), Helo(r.helo), Mail((f"<{r.sender}>",)),
-            Rcpt((f"<{r.rcpt}>",)), Data(), Header("From", r.sender), Header("To", r.rcpt),
-            Header("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage(), Quit()]
+            Rcpt((f"<{r.rcpt}>",)), Data(), HeaderField("From", r.sender), HeaderField("To", r.rcpt),
+            HeaderField("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage(), Quit()]
     return [milter_codec.encode_command(c) for c in cmds]
 
 

@@ -173,15 +173,15 @@ dnsbl = [{{ zone = "{DNSBL}" }}]
                     conns = args.sessions if protocol == "milter" else 4 if name.endswith("4 connections") \
                         else args.connections
                     port = ports[(protocol, name.split(",")[0])]
-                    load.run(protocol, port, trace, conns, args.warm)  # warms Unbound and the caches
-                    result = load.run(protocol, port, trace, conns, args.seconds)
+                    load.run(protocol, port, trace, conns, args.warm, max_requests=args.max_requests)  # warms
+                    result = load.run(protocol, port, trace, conns, args.seconds, max_requests=args.max_requests)
                     runs.setdefault(protocol, {})[name] = {**asdict(result), "rate": result.rate}
                 results["runs"] = runs
                 top = runs["policy"]["checkid"]["rate"]
                 sweep = []
                 for share in args.loads:
                     result = load.run("policy", ports[("policy", "checkid")], traces["policy"], args.connections,
-                                      args.sweep_seconds, rate=share * top)
+                                      args.sweep_seconds, rate=share * top, max_requests=args.max_requests)
                     sweep.append({"share": share, "offered": share * top, **asdict(result), "rate": result.rate})
                 results["sweep"] = sweep
                 results["rss"] = {"checkid": rss_kib(checkid.proc.pid, "checkid-w"),
@@ -229,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loads", type=lambda t: [float(x) for x in t.split(",")],
                         default=[0.1, 0.3, 0.5, 0.7, 0.9], help="offered load sweep, shares of the maximum")
     parser.add_argument("--sweep-seconds", type=float, default=4.0)
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="end each run after this many requests (0: after its seconds only)")
     return parser.parse_args(argv)
 
 

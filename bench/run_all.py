@@ -124,12 +124,15 @@ def main() -> None:
     step("micro-benchmarks")
     micro_data = micro(smoke)
     step("front-ends beside the peers and the null servers")
-    peer_args = peers.parse_args(["--seconds=0.5", "--warm=0.5", "--sweep-seconds=0.5", "--loads=0.5,0.7",
-                                  "--senders=50", "--requests=500"] if smoke else [])
+    # a smoke run is bounded by request counts, its seconds only caps: a slow machine still
+    # gets an answer into every row
+    peer_args = peers.parse_args(["--seconds=60", "--warm=60", "--sweep-seconds=60", "--max-requests=40",
+                                  "--loads=0.5,0.7", "--senders=50", "--requests=500"] if smoke else [])
     peer = peers.measure(peer_args)
     plot(peer["sweep"], peer_args.connections, args.out / "latency-vs-load.png")
     step("pre-fork runtime and the shared cache")
-    rt = {"seconds": 0.5, "connections": 2, "ids": 40} if smoke else {"seconds": 8.0, "connections": 16, "ids": 1000}
+    rt = {"seconds": 60.0, "connections": 2, "ids": 40, "max_requests": 200} if smoke else \
+        {"seconds": 8.0, "connections": 16, "ids": 1000}
     run = runtime.measure(**rt)
     step("cold decisions")
     rtt = 0.02

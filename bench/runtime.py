@@ -70,8 +70,9 @@ def trace(ids: int, path: Path) -> Path:
                                                "user@example.org") for i in range(ids)), path)
 
 
-def measure(seconds: float, connections: int, ids: int) -> dict[str, Any]:
-    """Warm decisions/s with 1 and 2 workers; upstream queries per decision, shared layer off/on."""
+def measure(seconds: float, connections: int, ids: int, max_requests: int = 0) -> dict[str, Any]:
+    """Warm decisions/s with 1 and 2 workers; upstream queries per decision, shared layer off/on.
+    ``max_requests`` ends each warm run early (0: it runs ``seconds``)."""
     out: dict[str, Any] = {"warm": {}, "queries_per_decision": {}, "decisions": {}}
     tmp = world_readable_tmpdir("checkid-bench-trace-")
     with TestDnsServer(bench_zones(ids)) as server:
@@ -79,7 +80,8 @@ def measure(seconds: float, connections: int, ids: int) -> dict[str, Any]:
         for workers in (1, 2):
             with daemon(server, workers, shared=True) as checkid:
                 load.run("policy", checkid.port, warm_set, connections, 60, max_requests=200)  # warm up
-                out["warm"][workers] = asdict(load.run("policy", checkid.port, warm_set, connections, seconds))
+                out["warm"][workers] = asdict(load.run("policy", checkid.port, warm_set, connections, seconds,
+                                                       max_requests=max_requests))
                 shutil.rmtree(checkid.workdir, ignore_errors=True)
         cold = trace(ids, tmp / "cold.bin")
         for shared in (False, True):

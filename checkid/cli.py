@@ -13,12 +13,9 @@ from checkid import config as config_mod
 from checkid.config import Config
 from checkid.engine.contract import envelope
 from checkid.engine.engine import Engine
-from checkid.errors import CheckidError
 from checkid.engine.trace import Trace
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
+from checkid.errors import CheckidError
+from checkid.exitcodes import ExitCode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except CheckidError as e:
         print(f"checkid: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CANNOT_START
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,7 +113,7 @@ def _query(args: argparse.Namespace) -> int:
         print(f"{action} {code}{' ' + xcode if xcode else ''} {text}")
         for h in headers:
             print(f"{h['label']} {h['text']}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -128,4 +125,4 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     engine = Engine(config)
     print(f"configuration OK; policy {engine.policy.current.path}")
-    return EXIT_OK
+    return ExitCode.OK

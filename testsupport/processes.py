@@ -35,6 +35,29 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, second
     raise TimeoutError(f"nothing listening on {host}:{port} after {seconds:.0f} s")
 
 
+def connections_taken(port: int) -> int:
+    """How many TCP connections to local ``port`` its server has accepted and read all the
+    sent bytes of, or -1 while a listener on ``port`` still has connections queued (Linux:
+    /proc/net/tcp{,6} shows a listener's accept queue as its rx_queue)."""
+    taken = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            state, rx_queue = fields[3], int(fields[4].split(":")[1], 16)
+            if local_port != port:
+                continue
+            if state == "0A" and rx_queue:  # LISTEN, with connections not yet accepted
+                return -1
+            if state == "01" and rx_queue == 0:  # ESTABLISHED, nothing left unread
+                taken += 1
+    return taken
+
+
 def world_readable_tmpdir(prefix: str) -> Path:
     """A temporary folder that daemons dropping to their own user can still traverse."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

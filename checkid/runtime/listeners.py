@@ -4,12 +4,15 @@ A TCP listener gets one ``SO_REUSEPORT`` socket per worker slot: the kernel spre
 connections over them evenly, and because the master keeps every socket open, a worker that
 dies leaves its slot's queue intact for the worker that takes the slot over: nothing queued
 is refused. A unix-socket listener is one socket shared by all workers (the kernel does not
-balance AF_UNIX across reuseport sockets).
+balance AF_UNIX across reuseport sockets). Its file is removed on exit when the master may
+(after a privilege drop it often may not: the directory is root's); otherwise it stays, and
+the next start replaces it.
 """
 from __future__ import annotations
 
 import contextlib
 import grp
+import logging
 import os
 import pwd
 import socket
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 
 from checkid.config import ListenConfig, parse_listen
 from checkid.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 1024
 
@@ -36,8 +41,12 @@ class Listener:
         for sock in self.sockets:
             sock.close()
         if self.unix_path:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.unix_path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.info("leaving %s for the next start to replace: %s", self.unix_path, e.strerror or e)
 
 
 def bind(config: ListenConfig, slots: int) -> Listener:

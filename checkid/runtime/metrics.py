@@ -1,8 +1,9 @@
 """Prometheus metrics, aggregated across worker processes (multiprocess mode).
 
-The hot path only bumps plain counters (``engine.counts``, keyed ``(name, *labels)``);
-each worker copies their growth into Prometheus once a tick (:meth:`Exporter.sync`), so a
-decision pays no mmap write for them. Latency histograms are observed directly.
+The hot path only bumps plain counters (the engine's and the front-ends', keyed
+``(name, *labels)``); each worker copies their growth into Prometheus once a tick
+(:meth:`Exporter.sync`), so a decision pays no mmap write for them. Latency histograms are
+observed directly (the Exporter is the engine's observer).
 
 ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported
 (:func:`prepare_dir`, called by the runtime before it imports anything that imports this).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 #: counter name -> (help, label names); exported as ``checkid_<name>_total``
@@ -50,6 +52,9 @@ def prepare_dir(path: str) -> None:
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # imported now, before the master drops its privileges: it needs this module as it reaps
+    # workers, and the user it becomes may not be able to read the Python installation
+    import prometheus_client.multiprocess  # noqa: F401
 
 
 class Exporter:
@@ -75,9 +80,11 @@ class Exporter:
                                   registry=None)
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
+        self._frontends: set[str] = set()
 
-    def sync(self, counts: Counter[tuple[str, ...]], open_connections: dict[str, int] | None = None) -> None:
-        """Add what ``counts`` gained since the last call to the Prometheus counters."""
+    def sync(self, counts: Mapping[tuple[str, ...], int], open_connections: Mapping[str, int] | None = None) -> None:
+        """Add what ``counts`` gained since the last call to the Prometheus counters, and
+        set the open connections per front-end (0 for one no longer listed)."""
         for key, value in counts.items():
             delta = value - self._synced[key]
             if delta > 0:
@@ -90,8 +97,10 @@ class Exporter:
                     self._children[key] = child
                 child.inc(delta)  # type: ignore[attr-defined]
                 self._synced[key] = value
-        for frontend, n in (open_connections or {}).items():
-            self.open_connections.labels(frontend).set(n)
+        now_open = open_connections or {}
+        self._frontends.update(now_open)
+        for frontend in self._frontends:
+            self.open_connections.labels(frontend).set(now_open.get(frontend, 0))
 
     def observe_decision(self, frontend: str, seconds: float) -> None:
         self.decision_seconds.labels(frontend).observe(seconds)

@@ -2,6 +2,7 @@
 
 It is a child of the master, not the master itself: the master forks workers for the
 daemon's whole life and must hold no loop or thread at those forks (reference/runtime.md §0).
+Like every process of the daemon it reopens its log file on SIGUSR1.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from collections.abc import Callable
 
 import uvloop
 
-from checkid.runtime import metrics
 from checkid.config import parse_listen
+from checkid.exitcodes import ExitCode
+from checkid.runtime import metrics
+from checkid.runtime.logs import reopen_logs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ async def serve(address: str, master_pid: int) -> int:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
     server = await loop.create_server(lambda: HttpProtocol(lambda: os.getppid() == master_pid), host, port,
                                       reuse_address=True)
     log.info("metrics on http://%s/metrics", address)
@@ -83,16 +87,16 @@ async def serve(address: str, master_pid: int) -> int:
         except TimeoutError:
             pass
     server.close()
-    return 0
+    return ExitCode.OK
 
 
 def run(address: str, master_pid: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until its loop handles it
     try:
         return uvloop.run(serve(address, master_pid))
     except OSError as e:
         log.error("metrics server on %s: %s", address, e.strerror or e)
-        return 1
+        return ExitCode.FAILURE

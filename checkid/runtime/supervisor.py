@@ -4,21 +4,22 @@ Its loop reads like gunicorn's: signal handlers only enqueue; each pass handles 
 signals, then ``reap_workers()``, ``kill_hung_workers()`` and ``maintain_worker_count()``.
 It holds no event loop, resolver, cache handle or thread at any fork.
 
-- SIGTERM/SIGINT: workers stop accepting and finish in-flight requests within
+- SIGTERM/SIGINT: workers stop accepting and finish their connections' work within
   ``server.grace``; then whatever is left is killed, and the master exits 0.
 - SIGHUP: reload the configuration and the policy; a bad one is refused (logged, counted)
   and the running one stays. A good one replaces the workers one generation at a time on
   the same sockets (listener changes need a restart).
 - SIGUSR1: reopen the log file, in the master and every child.
+
+The master keeps the source of the last good policy (read at start, on an accepted SIGHUP
+and when an edit of the file loads): a worker it starts runs that when the file on disk
+does not load, so a broken edit followed by a worker crash is not an outage.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import grp
 import logging
 import os
-import pwd
 import queue
 import signal
 import tempfile
@@ -28,23 +29,25 @@ from pathlib import Path
 from typing import IO
 
 from checkid import config as config_mod
-from checkid.runtime import listeners as listeners_mod
-from checkid.runtime import metrics
-from checkid.engine import policy as policy_mod
-from checkid.runtime import worker as worker_mod
 from checkid.config import Config
-from checkid.errors import CheckidError, ConfigError, PolicyError
+from checkid.engine import policy as policy_mod
 from checkid.engine.policy import DEFAULT_PATH
+from checkid.errors import CheckidError, ConfigError, PolicyError
+from checkid.exitcodes import ExitCode
+from checkid.runtime import listeners as listeners_mod
+from checkid.runtime import metrics, metricsserver
+from checkid.runtime import worker as worker_mod
+from checkid.runtime.logs import reopen_logs, setup_logging
+from checkid.runtime.process import describe, drop_privileges, exit_now, name_process, state_dir
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-#: a worker could not boot: the master stops instead of fork-looping
-EXIT_WORKER_BOOT = 3
 #: a worker that lived this long before dying starts its back-off from scratch
 STABLE_SECONDS = 30.0
 #: longest wait before respawning a crashing worker
 MAX_BACKOFF = 10.0
+#: a hung worker gets SIGABRT (its traceback goes to the log), then SIGKILL this much later
+ABORT_SECONDS = 1.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
 
@@ -57,6 +60,8 @@ class WorkerProc:
     started: float
     #: SIGTERM sent: leaving on purpose (drain, reload)
     retiring: bool = False
+    #: when it was sent SIGABRT for a silent event loop (0: never)
+    aborted: float = 0.0
 
 
 @dataclass
@@ -74,7 +79,10 @@ class Master:
     generation: int = 0
     signals: "queue.SimpleQueue[int]" = field(default_factory=queue.SimpleQueue)
     metrics_pid: int = 0
-    log_handler: logging.Handler | None = None
+    #: the last good policy's source, what new workers fall back on
+    policy_source: bytes = b""
+    #: (mtime_ns, size) of the policy file last loaded or refused by the master
+    policy_stamp: tuple[int, int] | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -89,11 +97,11 @@ class Master:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         metrics.prepare_dir(self.metrics_dir)
         self.exporter = metrics.Exporter()
-        policy_mod.load(self.config.policy.path or DEFAULT_PATH)  # refuse a bad policy before binding
+        self._load_policy(self.config)  # refuse a bad policy before binding
         if self.config.cache.shared:
             self._check_cache()
         self.listeners = [listeners_mod.bind(c, self.nworkers) for c in self.config.listen]
-        self._drop_privileges()
+        drop_privileges(self.config, [self.state_dir, Path(self.cache_path), Path(self.metrics_dir)])
         for sig in SIGNALS:
             signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
         for listener in self.listeners:
@@ -114,29 +122,23 @@ class Master:
         cache.reader_check()
         cache.close()
 
-    def _drop_privileges(self) -> None:
-        server = self.config.server
-        if os.geteuid() != 0 or not server.user:
-            return
+    def _load_policy(self, config: Config) -> None:
+        """Load ``config``'s policy file and keep its source. :raises PolicyError:"""
+        path = config.policy.path or DEFAULT_PATH
+        stamp = _stamp(path)
         try:
-            user = pwd.getpwnam(server.user)
-            gid = grp.getgrnam(server.group).gr_gid if server.group else user.pw_gid
-        except KeyError as e:
-            raise ConfigError(f"server.user/group: unknown {e}") from None
-        for path in (self.state_dir, Path(self.cache_path), Path(self.metrics_dir)):
-            for p in [path, *path.rglob("*")] if path.exists() else []:
-                os.chown(p, user.pw_uid, gid)
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(user.pw_uid)
-        log.info("running as %s:%s", server.user, server.group or user.pw_gid)
+            policy = policy_mod.load(path)
+        except PolicyError:
+            self.policy_stamp = stamp
+            raise
+        self.policy_source, self.policy_stamp = policy.source, stamp
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         name_process("checkid-master")
         self.start()
         self.maintain_worker_count()
-        status = EXIT_OK
+        status = ExitCode.OK
         while True:
             try:
                 signum: int | None = self.signals.get(timeout=1.0)
@@ -149,12 +151,12 @@ class Master:
                 self.handle_hup()
             elif signum == signal.SIGUSR1:
                 self.handle_usr1()
-            boot_failure = self.reap_workers()
-            if boot_failure:
+            if self.reap_workers():
                 log.error("a worker could not start; stopping")
-                status = EXIT_WORKER_BOOT
+                status = ExitCode.CANNOT_START
                 break
             self.kill_hung_workers()
+            self.follow_policy_edits()
             self.maintain_worker_count()
         self.stop()
         return status
@@ -163,7 +165,7 @@ class Master:
         """Reload configuration and policy; replace the workers only if both are good."""
         try:
             new = config_mod.load(self.config_path) if self.config_path else self.config
-            policy_mod.load(new.policy.path or DEFAULT_PATH)
+            self._load_policy(new)
         except (ConfigError, PolicyError) as e:
             self.exporter.counters["config_reloads"].labels("failed").inc()
             log.error("reload refused, the running configuration stays: %s", e)
@@ -189,6 +191,17 @@ class Master:
             if pid:
                 self._signal(pid, signal.SIGUSR1)
 
+    def follow_policy_edits(self) -> None:
+        """Keep the source of an edit the workers will load too, so that a worker started
+        later serves what the others serve, not the policy the master started with."""
+        path = self.config.policy.path or DEFAULT_PATH
+        if _stamp(path) == self.policy_stamp:
+            return
+        try:
+            self._load_policy(self.config)
+        except PolicyError as e:
+            log.debug("policy edit refused; new workers fall back on the last good one: %s", e)
+
     def reap_workers(self) -> bool:
         """Collect exited children; True when a worker failed to boot."""
         boot_failure = False
@@ -200,7 +213,7 @@ class Master:
             if pid == 0:
                 return boot_failure
             if pid == self.metrics_pid:
-                log.warning("metrics process %d exited (%s); restarting it", pid, _describe(status))
+                log.warning("metrics process %d exited (%s); restarting it", pid, describe(status))
                 self.metrics_pid = 0
                 self._spawn_metrics()
                 continue
@@ -212,35 +225,41 @@ class Master:
             if self.config.cache.shared:
                 self._check_cache()
             code = os.waitstatus_to_exitcode(status)
-            if proc.retiring and code == worker_mod.EXIT_OK:
+            if proc.retiring and code == ExitCode.OK:
                 log.info("worker %d (slot %d) finished", pid, proc.slot)
                 continue
-            if code == worker_mod.WORKER_BOOT_ERROR:
+            if code == ExitCode.CANNOT_START:
                 boot_failure = True
             slot = self.slots[proc.slot]
             lived = time.monotonic() - proc.started
             slot.crashes = 1 if lived > STABLE_SECONDS else slot.crashes + 1
             delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
             slot.not_before = time.monotonic() + delay
-            reason = "killed" if code < 0 else "exited"
+            reason = "hung" if proc.aborted else "killed" if code < 0 else "exited"
             self.exporter.counters["worker_restarts"].labels(reason).inc()
             log.error("worker %d (slot %d) %s after %.1f s; restarting in %.1f s",
-                      pid, proc.slot, _describe(status), lived, delay)
+                      pid, proc.slot, describe(status), lived, delay)
 
     def kill_hung_workers(self) -> None:
+        """SIGABRT a worker whose event loop went silent (it writes its traceback to the log
+        and exits), then SIGKILL it on a later pass if it is still there (gunicorn's order)."""
         now = time.monotonic()
         limit = self.config.server.heartbeat_timeout
         for proc in list(self.workers.values()):
+            if proc.aborted:
+                if now - proc.aborted >= ABORT_SECONDS:
+                    log.error("worker %d (slot %d) still there after SIGABRT; killing it", proc.pid, proc.slot)
+                    self._signal(proc.pid, signal.SIGKILL)
+                continue
             try:
                 last = os.fstat(proc.heartbeat.fileno()).st_mtime
             except OSError:
                 continue
             if now - last > limit:
-                log.error("worker %d (slot %d): event loop silent for %.1f s; killing it",
+                log.error("worker %d (slot %d): event loop silent for %.1f s; aborting it",
                           proc.pid, proc.slot, now - last)
-                self.exporter.counters["worker_restarts"].labels("hung").inc()
-                self._signal(proc.pid, signal.SIGKILL)
-                os.utime(proc.heartbeat.fileno(), (now + 3600, now + 3600))  # once is enough
+                proc.aborted = now
+                self._signal(proc.pid, signal.SIGABRT)
 
     def maintain_worker_count(self) -> None:
         now = time.monotonic()
@@ -259,17 +278,17 @@ class Master:
             slot=slot, config=self.config,
             sockets=[(lst.config, lst.for_slot(slot)) for lst in self.listeners],
             heartbeat_fd=heartbeat.fileno(), master_pid=self.pid, cache_path=self.cache_path,
-            reopen_logs=reopen_logs,
+            policy_source=self.policy_source,
         )
         pid = os.fork()
         if pid == 0:
-            code = worker_mod.WORKER_BOOT_ERROR
+            code: int = ExitCode.CANNOT_START
             try:
                 self._close_in_child(keep={id(s) for _, s in spec.sockets})
                 name_process(f"checkid-w{slot}")
                 code = worker_mod.run(spec)
             finally:
-                worker_mod.exit_now(code)
+                exit_now(code)
         self.workers[pid] = WorkerProc(pid, slot, self.generation, heartbeat, now)
 
     def _spawn_metrics(self) -> None:
@@ -278,15 +297,13 @@ class Master:
             return
         pid = os.fork()
         if pid == 0:
-            code = 1
+            code: int = ExitCode.FAILURE
             try:
                 self._close_in_child(keep=set())
                 name_process("checkid-metrics")
-                from checkid.runtime import metricsserver
-
                 code = metricsserver.run(address, self.pid)
             finally:
-                worker_mod.exit_now(code)
+                exit_now(code)
         self.metrics_pid = pid
 
     def _close_in_child(self, keep: set[int]) -> None:
@@ -330,57 +347,19 @@ class Master:
         log.info("master %d: stopped", self.pid)
 
 
-def state_dir(config: Config) -> str:
-    if config.server.state_dir:
-        return config.server.state_dir
-    if os.geteuid() == 0:
-        return "/var/lib/checkid"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "checkid")
-
-
-def _describe(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
-
-
-_log_file: str = ""
-
-
-def setup_logging(config: Config) -> None:
-    global _log_file
-    _log_file = config.server.log_file
-    handler: logging.Handler = logging.FileHandler(_log_file) if _log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s checkid[%(process)d]: %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.server.log_level.upper(), handlers=[handler], force=True)
-
-
-def reopen_logs() -> None:
-    """SIGUSR1: reopen the log file (after logrotate moved it)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.acquire()
-            try:
-                handler.close()
-                handler.stream = handler._open()
-            finally:
-                handler.release()
-            log.info("log reopened")
+def _stamp(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def serve(config: Config, config_path: str | None) -> int:
+    """``checkid serve``: the master's whole life. Returns its exit status."""
     setup_logging(config)
     try:
         return Master(config, config_path).run()
     except CheckidError as e:
         log.error("%s", e)
         raise
-
-
-def name_process(name: str) -> None:
-    """The name ps, top and /proc/PID/comm show (Linux keeps 15 bytes), so an operator can
-    tell the master, each worker slot and the metrics process apart."""
-    try:
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass  # not Linux: the names are a convenience

@@ -3,10 +3,11 @@ listeners it inherited from the master.
 
 Everything that owns a thread, a loop or an LMDB handle is created here, after the fork.
 The worker ticks from inside its event loop: a heartbeat the master watches (a stalled
-loop stops ticking and gets replaced), a parent check (the worker leaves if the master is
-gone), the policy file check (an edit is live within ``policy.reload_interval``), and the
-metrics sync. SIGTERM/SIGINT: stop accepting, finish what is in flight within
-``server.grace``, exit 0.
+loop stops ticking: the master sends SIGABRT, whose traceback ``faulthandler`` writes into
+the log, then replaces it), a parent check (the worker leaves if the master is gone), the
+policy file check (an edit is live within ``policy.reload_interval``), and the metrics sync.
+SIGTERM/SIGINT: stop accepting, let each connection finish its work within
+``server.grace`` (an idle one closes at once), exit 0.
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import uvloop
@@ -26,13 +26,12 @@ from checkid.engine.dns.cache import Cache, LayeredCache, MemoryCache
 from checkid.config import Config, ListenConfig
 from checkid.engine.engine import Engine
 from checkid.errors import PolicyError
+from checkid.exitcodes import ExitCode
+from checkid.protocols.base import ServerState
+from checkid.runtime.logs import enable_faulthandler, reopen_logs
 
 log = logging.getLogger(__name__)
 
-#: exit codes a worker reports to the master
-EXIT_OK = 0
-#: the worker could not start (configuration, policy, cache): the master halts, no fork loop
-WORKER_BOOT_ERROR = 3
 #: seconds between LMDB sweeps of expired entries (done by slot 0 only)
 SWEEP_SECONDS = 60.0
 
@@ -47,26 +46,29 @@ class WorkerSpec:
     heartbeat_fd: int
     master_pid: int
     cache_path: str
-    #: called in the worker to reopen logs (SIGUSR1)
-    reopen_logs: Callable[[], None]
+    #: the last good policy the master knows: what the engine runs when the file does not load
+    policy_source: bytes | None = None
 
 
 def run(spec: WorkerSpec) -> int:
     """The worker's whole life, in the forked child. Returns its exit code."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    enable_faulthandler()
+    worker = Worker(spec)
     try:
-        return uvloop.run(Worker(spec).serve())
+        return uvloop.run(worker.serve())
     except Exception:
         log.exception("worker %d failed", spec.slot)
-        return WORKER_BOOT_ERROR
+        # only a worker that never served halts the master; one that served is replaced
+        return ExitCode.FAILURE if worker.serving else ExitCode.CANNOT_START
 
 
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.stop = asyncio.Event()
-        self.engine: Engine | None = None
+        self.serving = False
 
     def _cache(self) -> Cache:
         config = self.spec.config
@@ -80,47 +82,53 @@ class Worker:
 
     async def serve(self) -> int:
         spec, config = self.spec, self.spec.config
-        from checkid.runtime.metrics import Exporter
         from checkid.protocols.registry import protocol_factory
+        from checkid.runtime.metrics import Exporter
 
         try:
             self.exporter = Exporter()
-            self.engine = engine = Engine(config, cache=self._cache(), metrics=self.exporter)
+            self.engine = engine = Engine(config, cache=self._cache(), observer=self.exporter,
+                                          policy_source=spec.policy_source)
         except Exception as e:  # a configuration the master accepted should boot: report, do not loop
             log.error("worker %d cannot start: %s", spec.slot, e)
-            return WORKER_BOOT_ERROR
+            return ExitCode.CANNOT_START
+        self.state = state = ServerState(stats=self._stats)
         loop = asyncio.get_running_loop()
         servers = []
         for listen, sock in spec.sockets:
-            factory = protocol_factory(engine, config, listen)
+            factory = protocol_factory(engine, state, config, listen)
             if sock.family == socket.AF_UNIX:
                 servers.append(await loop.create_unix_server(factory, sock=sock))
             else:
                 servers.append(await loop.create_server(factory, sock=sock))
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, spec.reopen_logs)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads by replacing workers
         ticker = asyncio.ensure_future(self._tick())
+        self.serving = True
         log.info("worker %d serving (pid %d)", spec.slot, os.getpid())
         await self.stop.wait()
 
         for server in servers:
             server.close()  # stop accepting; the master keeps the sockets and their queues
-        deadline = loop.time() + config.server.grace
-        while loop.time() < deadline:
-            busy = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t is not ticker]
-            if not busy:
-                break
-            await asyncio.wait(busy, timeout=max(0.0, deadline - loop.time()))
+        await state.shutdown(config.server.grace)
         ticker.cancel()
-        self.exporter.sync(engine.counts, dict(engine.open_connections))
+        self._sync()
         log.info("worker %d stopped", spec.slot)
-        return EXIT_OK
+        return ExitCode.OK
+
+    def _stats(self) -> Mapping[tuple[str, ...], int]:
+        """Every counter of this worker: the engine's and the front-ends'."""
+        counts = self.engine.counts.copy()
+        counts.update(self.state.counts)
+        return counts
+
+    def _sync(self) -> None:
+        self.exporter.sync(self._stats(), self.state.open)
 
     async def _tick(self) -> None:
         spec, engine = self.spec, self.engine
-        assert engine is not None
         config = spec.config
         interval = min(1.0, config.server.heartbeat_timeout / 4, config.policy.reload_interval)
         last_policy_check = last_sweep = time.monotonic()
@@ -136,12 +144,11 @@ class Worker:
             if spec.slot == 0 and config.cache.shared and now - last_sweep >= SWEEP_SECONDS:
                 last_sweep = now
                 self.shared.sweep(limit=10_000)
-            self.exporter.sync(engine.counts, dict(engine.open_connections))
+            self._sync()
             await asyncio.sleep(interval)
 
     def _check_policy(self) -> None:
         engine = self.engine
-        assert engine is not None
         if not engine.policy.changed():
             return
         try:
@@ -152,11 +159,3 @@ class Worker:
             return
         engine.counts[("policy_reloads",)] += 1
         log.info("worker %d: policy %s reloaded", self.spec.slot, engine.policy.current.path)
-
-
-def exit_now(code: int) -> None:
-    """Leave the forked child without running the parent's cleanup (atexit, buffers)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
