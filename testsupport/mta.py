@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testsupport.processes import wait_for_port, world_readable_tmpdir
+from testsupport.processes import READY_SECONDS, wait_for_port, world_readable_tmpdir
 
 POSTFIX_DIR = Path("/etc/postfix")
 
@@ -99,11 +99,15 @@ class Postfix(Throwaway):
         return self
 
     def postcat(self, queue_id: str) -> str:
-        """The queued message's content; bounded retries while the queue manager moves it."""
-        for _ in range(100):
-            out = subprocess.run(["postcat", "-c", str(self.etc), "-q", queue_id], capture_output=True, text=True)
+        """The queued message's content, polled until a deadline while the queue manager moves it."""
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            out = subprocess.run(["postcat", "-c", str(self.etc), "-q", queue_id], capture_output=True, text=True,
+                                 timeout=READY_SECONDS)
             if out.returncode == 0:
                 return out.stdout
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.05)
         raise AssertionError(f"message {queue_id} not found in the queue: {out.stderr}")
 
