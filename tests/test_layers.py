@@ -103,3 +103,20 @@ def test_layers_shipped_code_never_imports_tests_or_bench() -> None:
                 if name.split(".")[0] in banned and not (top == "bench" and name.startswith("bench")):
                     offenders.append(f"{module} imports {name}")
     assert offenders == []
+
+
+def test_layers_every_checkid_exception_derives_from_the_one_root() -> None:
+    import importlib
+    import inspect
+
+    from checkid.errors import CheckidError
+
+    outside = []
+    for module in _package_modules("checkid"):
+        if module.startswith("checkid.policy") or module == "checkid.__main__":
+            continue
+        for name, obj in vars(importlib.import_module(module)).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == module
+                    and not name.startswith("_") and not issubclass(obj, CheckidError)):
+                outside.append(f"{module}.{name}")
+    assert outside == []

@@ -37,12 +37,16 @@ class ServerState:
         #: the live connections
         self.connections: set[Server] = set()
         self.stats = stats
+        #: shutdown began: a connection accepted from now on is shut down at once
+        self.closing = False
         self._drained: asyncio.Future[None] | None = None
 
     def add(self, connection: Server) -> None:
         self.connections.add(connection)
         self.counts[("connections", connection.front)] += 1
         self.open[connection.front] += 1
+        if self.closing:  # accepted in the same loop turn as the shutdown
+            connection.shutdown()
 
     def remove(self, connection: Server) -> None:
         if connection in self.connections:
@@ -54,6 +58,7 @@ class ServerState:
     async def shutdown(self, timeout: float) -> None:
         """Ask every open connection to finish gracefully, wait until all are closed or
         ``timeout`` seconds passed, then abort what is left."""
+        self.closing = True
         for connection in list(self.connections):
             connection.shutdown()
         if await self._all_closed_within(timeout):

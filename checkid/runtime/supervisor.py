@@ -98,6 +98,7 @@ class Master:
         metrics.prepare_dir(self.metrics_dir)
         self.exporter = metrics.Exporter()
         self._load_policy(self.config)  # refuse a bad policy before binding
+        self._check_engine(self.config)
         if self.config.cache.shared:
             self._check_cache()
         self.listeners = [listeners_mod.bind(c, self.nworkers) for c in self.config.listen]
@@ -121,6 +122,17 @@ class Master:
             raise ConfigError(f"shared cache {self.cache_path}: {e}") from None
         cache.reader_check()
         cache.close()
+
+    def _check_engine(self, config: Config) -> None:
+        """Build an engine as every worker will (block lists, recipient thresholds, policy),
+        so that a file that does not load is refused here, not by workers that then cannot
+        start. It holds no loop, resolver or cache handle: nothing survives into a fork.
+
+        :raises ConfigError: or PolicyError
+        """
+        from checkid.engine.engine import Engine
+
+        Engine(config)
 
     def _load_policy(self, config: Config) -> None:
         """Load ``config``'s policy file and keep its source. :raises PolicyError:"""
@@ -165,6 +177,7 @@ class Master:
         """Reload configuration and policy; replace the workers only if both are good."""
         try:
             new = config_mod.load(self.config_path) if self.config_path else self.config
+            self._check_engine(new)
             self._load_policy(new)
         except (ConfigError, PolicyError) as e:
             self.exporter.counters["config_reloads"].labels("failed").inc()
@@ -330,8 +343,16 @@ class Master:
             self.reap_workers()
             if self.workers:
                 time.sleep(0.05)
+        for pid in list(self.workers):  # SIGABRT first: the log shows where each one hangs
+            log.error("worker %d did not finish in time; aborting it", pid)
+            self._signal(pid, signal.SIGABRT)
+        deadline = time.monotonic() + ABORT_SECONDS
+        while self.workers and time.monotonic() < deadline:
+            self.reap_workers()
+            if self.workers:
+                time.sleep(0.05)
         for pid in list(self.workers):
-            log.error("worker %d did not finish in time; killing it", pid)
+            log.error("worker %d still there after SIGABRT; killing it", pid)
             self._signal(pid, signal.SIGKILL)
         while self.workers:
             pid, _ = os.waitpid(-1, 0)

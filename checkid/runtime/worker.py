@@ -50,10 +50,19 @@ class WorkerSpec:
     policy_source: bytes | None = None
 
 
+def boot_signals() -> None:
+    """The master's handlers are not the worker's. A log rotation (SIGUSR1) or a reload
+    (SIGHUP) while the worker boots must not kill it, as SIG_DFL would: ignored until its
+    loop takes them over."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def run(spec: WorkerSpec) -> int:
     """The worker's whole life, in the forked child. Returns its exit code."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    boot_signals()
     enable_faulthandler()
     worker = Worker(spec)
     try:

@@ -36,12 +36,14 @@ def eventually(predicate, seconds=WAIT_SECONDS, what="condition"):
     raise AssertionError(f"{what} not reached within {seconds} s")
 
 
-def ask(port, ip="192.0.2.1", helo="example.com", timeout=10.0):
+def ask(port, ip="192.0.2.1", helo="example.com", timeout=10.0, on_sent=None):
     """One policy request on a new connection (so SO_REUSEPORT spreads them over workers)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
                                       "client_address": ip, "helo_name": helo, "sender": "",
                                       "recipient": "u@example.org", "instance": ""}))
+        if on_sent is not None:
+            on_sent()
         data = b""
         while not data.endswith(b"\n\n"):
             chunk = s.recv(4096)
@@ -269,16 +271,20 @@ def test_sigterm_answers_requests_in_flight_then_exits_cleanly(dns_server, dns, 
         answers: list[str] = []
         errors: list[str] = []
 
+        sent: list[int] = []
+
         def one():
             try:
-                answers.append(ask(checkid.port))
+                answers.append(ask(checkid.port, on_sent=lambda: sent.append(1)))
             except OSError as e:
                 errors.append(repr(e))
 
         threads = [threading.Thread(target=one) for _ in range(8)]
         for t in threads:
             t.start()
-        eventually(lambda: connections_taken(checkid.port) >= 8 or len(answers) == 8, what="requests in flight")
+        # every request sent, and read by a worker (nothing left in a socket or accept queue)
+        eventually(lambda: len(answers) == 8 or (len(sent) == 8 and connections_taken(checkid.port) >= 8),
+                   what="requests in flight")
         assert checkid.stop() == 0
         for t in threads:
             t.join(WAIT_SECONDS)
@@ -521,16 +527,20 @@ def test_sighup_retires_the_old_workers_after_their_requests_not_after_the_grace
         answers: list[str] = []
         errors: list[str] = []
 
+        sent: list[int] = []
+
         def one():
             try:
-                answers.append(ask(checkid.port))
+                answers.append(ask(checkid.port, on_sent=lambda: sent.append(1)))
             except OSError as e:
                 errors.append(repr(e))
 
         threads = [threading.Thread(target=one) for _ in range(8)]
         for t in threads:
             t.start()
-        eventually(lambda: connections_taken(checkid.port) >= 8 or len(answers) == 8, what="requests in flight")
+        # every request sent, and read by a worker (nothing left in a socket or accept queue)
+        eventually(lambda: len(answers) == 8 or (len(sent) == 8 and connections_taken(checkid.port) >= 8),
+                   what="requests in flight")
         checkid.proc.send_signal(signal.SIGHUP)
         for t in threads:
             t.join(WAIT_SECONDS)
@@ -541,3 +551,41 @@ def test_sighup_retires_the_old_workers_after_their_requests_not_after_the_grace
         log = checkid.log.read_text()
         assert all(re.search(rf"worker {pid} \(slot \d+\) finished", log) for pid in old)
     assert checkid.stop() == 0
+
+
+def test_sighup_refuses_a_configuration_whose_files_do_not_load(dns_server, workdir):
+    """A missing thresholds (or block list) file is refused by the master, not found by new
+    workers that then cannot start and take the daemon down."""
+    with daemon(dns_server, workdir) as checkid:
+        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        before = worker_pids(checkid)
+        checkid.config.write_text(checkid.config.read_text()
+                                  + f'\n[reputation]\nrecipient_thresholds = "{workdir / "missing.txt"}"\n')
+        checkid.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: "reload refused" in checkid.log.read_text(), what="refusal logged")
+        assert checkid.proc.poll() is None and live(before) == before
+        assert ask(checkid.port).startswith("PREPEND Authent:")
+
+
+def test_sigterm_aborts_a_worker_hung_past_the_grace_with_its_traceback_then_exits(dns_server, workdir):
+    policy = workdir / "site.py"
+    policy.write_text(DEFAULT_PATH.read_text() + (
+        "\nimport time as _time\n_decide = decide\n\n\n"
+        "async def decide(ctx):\n"
+        "    if ctx.identity == 'hang.example':\n"
+        "        _time.sleep(3600)  # blocks the event loop through the drain\n"
+        "    return await _decide(ctx)\n"))
+    checkid = daemon(dns_server, workdir, workers=1, extra=f'[policy]\npath = "{policy}"\n')
+    text = checkid.config.read_text().replace("heartbeat_timeout = 2.0", "heartbeat_timeout = 600.0")
+    checkid.config.write_text(text.replace("grace = 5.0", "grace = 0.5"))
+    with checkid:
+        eventually(lambda: len(worker_pids(checkid)) == 1, what="the worker")
+        with socket.create_connection(("127.0.0.1", checkid.port), timeout=WAIT_SECONDS) as hang:
+            hang.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                                             "client_address": "192.0.2.1", "helo_name": "hang.example"}))
+            eventually(lambda: connections_taken(checkid.port) >= 1, what="the request read")
+            assert checkid.stop() == 0
+        log = checkid.log.read_text()
+        assert "did not finish in time; aborting it" in log
+        assert "Fatal Python error: Aborted" in log
+        assert re.search(rf'File "{re.escape(str(policy))}", line \d+ in decide', log)

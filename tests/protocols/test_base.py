@@ -247,3 +247,22 @@ def test_rpc_stats_answer_from_the_states_stats_when_given_else_its_counts():
 def test_rpc_errors_are_checkid_errors():
     assert issubclass(RpcError, CheckidError)
 
+
+
+@pytest.mark.parametrize("protocol", ["policy", "msgpack-rpc", "milter"])
+def test_shutdown_also_ends_a_connection_accepted_after_it_began(protocol):
+    async def go():
+        decider, state = Decider(hold=True), ServerState()
+        busy = make(protocol, decider, state)
+        connect(busy)
+        busy.data_received(REQUESTS[protocol][0] if protocol != "milter" else MILTER_OPEN)
+        shutting = asyncio.ensure_future(state.shutdown(60.0))
+        await until(lambda: state.closing)
+        late = make(protocol, decider, state)  # accepted in the loop turn of the shutdown
+        transport = connect(late)
+        closed_at_once = transport.closed
+        decider.release()
+        await shutting
+        return closed_at_once, state.connections
+
+    assert run(go()) == (True, set())

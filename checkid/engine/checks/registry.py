@@ -24,6 +24,7 @@ import cachetools
 
 from checkid.engine.dns.client import DnsAnswer, Outcome
 from checkid.engine.checks.iplists import IPList
+from checkid.errors import CheckidError
 
 #: RFC 5321 limits a domain to 255 octets; the TXT data of a record set is bounded too
 MAX_RECORD = 4096
@@ -34,7 +35,7 @@ _METHOD = re.compile(r"([A-Za-z][A-Za-z0-9]*)(?:\+([0-9]{1,3}))?\Z")
 _ALIASES = {"SPF": "SPF1"}
 
 
-class RegistryError(ValueError):
+class RegistryError(CheckidError, ValueError):
     """The registry record does not parse."""
 
 

@@ -29,6 +29,7 @@ import dns.resolver
 from checkid.engine.dns.cache import Cache
 from checkid.config import DnsConfig, parse_hostport
 from checkid.engine.trace import Trace
+from checkid.errors import CheckidError
 
 
 class Outcome(enum.Enum):
@@ -85,7 +86,7 @@ CacheKey = tuple[str, str]
 DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("checkid_deadline", default=0.0)
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(CheckidError, TimeoutError):
     """The decision ran out of time waiting for DNS."""
 
 
