@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from checkid.config.engine import (BlacklistConfig, DnsConfig, HeadersConfig, IdentityConfig, PolicyConfig,
                                    PrescreenConfig, RegistryConfig, ReputationConfig)
-from checkid.config.frontends import DEFAULT_LISTEN, ListenConfig, MilterConfig, PostfixPolicyConfig
+from checkid.config.frontends import DEFAULT_LISTEN, ListenConfig, MilterConfig, PostfixPolicyConfig, SmtpConfig
 from checkid.config.runtime import CacheConfig, MetricsConfig, ServerConfig
 from checkid.errors import ConfigError
 
@@ -22,6 +22,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     postfix_policy: PostfixPolicyConfig = PostfixPolicyConfig()
     milter: MilterConfig = MilterConfig()
+    smtp: SmtpConfig = SmtpConfig()
     dns: DnsConfig = DnsConfig()
     registry: RegistryConfig = RegistryConfig()
     identity: IdentityConfig = IdentityConfig()

@@ -15,6 +15,7 @@ PROTOCOLS = {
     "policy": "checkid.protocols.postfix_policy.listener:factory",
     "msgpack-rpc": "checkid.protocols.msgpack_rpc.listener:factory",
     "milter": "checkid.protocols.milter.listener:factory",
+    "smtp": "checkid.protocols.smtp.listener:factory",
 }
 
 

@@ -1,0 +1,237 @@
+"""The relay client: one asyncio connection to the backend MTA per client session (XCLIENT
+and PROXY both forbid reuse, reference/front-door.md §1.2-1.3), the
+:class:`~checkid.protocols.smtp.session.Backend` the session talks to.
+
+It reads the banner, sends EHLO, and tells the backend who the client is: a PROXY v2 header
+before anything else (``backend_client = "proxy"``), or XCLIENT once the client's HELO name
+is known and the backend offers it, then EHLO again (``"xclient"``). Replies are parsed by
+:class:`~checkid.protocols.smtp.codec.ReplyParser`; each wait has a deadline (RFC 5321
+§4.5.3.2: 5 minutes per command, 10 for the end of data; smaller by configuration). When
+its write buffer is high the relay says so (``on_pause``), and the server stops reading the
+client: a slow backend slows the client, memory stays bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from checkid.errors import ProtocolError
+from checkid.protocols.smtp import proxyproto, xclient
+from checkid.protocols.smtp.codec import ReplyParser, encode_command
+from checkid.protocols.smtp.events import Reply
+from checkid.protocols.smtp.session import BackendClient, BackendError
+
+log = logging.getLogger(__name__)
+
+#: what is asked of the backend's transport: pause above this, resume below a quarter
+WRITE_HIGH = 256 * 1024
+#: replies nobody asked for yet (the banner) kept for the next to ask; more is a broken backend
+MAX_EARLY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    #: ("tcp", host, port) or ("unix", path, 0)
+    target: tuple[str, str, int]
+    #: the name sent in the first EHLO
+    hostname: str = "localhost"
+    backend_client: BackendClient = "xclient"
+    #: connect and per-command deadline (RFC 5321 §4.5.3.2 allows 5 minutes)
+    timeout: float = 100.0
+    #: deadline for the reply to the final dot (RFC 5321 §4.5.3.2.6: 10 minutes)
+    data_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    """Where the client came from and where it connected to (for PROXY and XCLIENT)."""
+
+    ip: str
+    port: int
+    local_ip: str
+    local_port: int
+
+
+class _Link(asyncio.Protocol):
+    """The socket's side: bytes to replies, one waiter per expected reply, in order."""
+
+    def __init__(self, on_pause: Callable[[bool], None]) -> None:
+        self.parser = ReplyParser()
+        self.waiters: deque[asyncio.Future[Reply]] = deque()
+        self.early: deque[Reply] = deque()
+        self.on_pause = on_pause
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        tcp.set_write_buffer_limits(high=WRITE_HIGH)
+        self.transport = tcp
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.receive_data(data)
+        except ProtocolError as e:
+            return self._fail(BackendError(f"backend broke the protocol: {e}"))
+        while (reply := self.parser.next_event()) is not None:
+            if not self.waiters:
+                # the banner before anyone asks, or a 421 before closing: the next to ask takes it
+                if len(self.early) >= MAX_EARLY:
+                    return self._fail(BackendError(f"backend sent unasked replies ({reply.code} {reply.text})"))
+                self.early.append(reply)
+                continue
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(BackendError(f"backend connection lost{f': {exc}' if exc else ''}"), close=False)
+        self.on_pause(False)
+
+    def pause_writing(self) -> None:
+        self.on_pause(True)
+
+    def resume_writing(self) -> None:
+        self.on_pause(False)
+
+    def expect(self) -> asyncio.Future[Reply]:
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if self.early and not self.waiters:
+            waiter.set_result(self.early.popleft())
+        elif self.lost:
+            waiter.set_exception(BackendError("backend connection lost"))
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+    def _fail(self, error: BackendError, close: bool = True) -> None:
+        self.lost = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if close and self.transport is not None:
+            self.transport.abort()
+
+
+class Relay:
+    """The backend of one client session."""
+
+    def __init__(self, options: RelayOptions, client: ClientAddress | None,
+                 on_pause: Callable[[bool], None] = lambda paused: None) -> None:
+        self.options = options
+        self.client = client
+        self.on_pause = on_pause
+        self.extensions: dict[str, str] = {}
+        self.paused = False
+        self._link: _Link | None = None
+        self._xclient_done = False
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and not self._link.lost
+
+    def _paused(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused = paused
+            self.on_pause(paused)
+
+    async def connect(self) -> None:
+        self.abort()
+        self._xclient_done = False
+        loop = asyncio.get_running_loop()
+        kind, host, port = self.options.target
+        link = _Link(self._paused)
+        # wait_for, not asyncio.timeout: the first step of a session runs outside a task
+        # (checkid.protocols.eager)
+        try:
+            if kind == "unix":
+                await asyncio.wait_for(loop.create_unix_connection(lambda: link, host), self.options.timeout)
+            else:
+                await asyncio.wait_for(loop.create_connection(lambda: link, host, port), self.options.timeout)
+        except (OSError, TimeoutError) as e:
+            raise BackendError(f"cannot connect to {host}{f':{port}' if port else ''}: {e or 'timeout'}") from None
+        self._link = link
+        if self.options.backend_client == "proxy" and self.client is not None:
+            c = self.client
+            self._write(proxyproto.encode_v2(c.ip, c.port, c.local_ip, c.local_port))
+        banner = await self._wait(link.expect(), self.options.timeout)
+        if banner.code != 220:
+            self.abort()
+            raise BackendError(f"backend greeted with {banner.code} {banner.text}")
+        reply = await self._ehlo(self.options.hostname)
+        if not reply.positive:
+            self.abort()
+            raise BackendError(f"backend refused EHLO: {reply.code} {reply.text}")
+
+    async def hello(self, helo: str) -> Reply:
+        if (self.options.backend_client == "xclient" and not self._xclient_done and self.client is not None
+                and "XCLIENT" in self.extensions):
+            self._xclient_done = True  # once: after ADDR the backend no longer takes XCLIENT from us
+            attrs = {"ADDR": self.client.ip, "HELO": helo, "NAME": xclient.UNAVAILABLE, "PROTO": "ESMTP"}
+            for line in xclient.xclient_commands(attrs, xclient.offered_attributes(self.extensions)):
+                reply = await self.command(line)
+                if reply.code != 220:  # carry on without it, as Haraka does
+                    log.warning("backend refused XCLIENT: %s %s", reply.code, reply.text)
+                    break
+        return await self._ehlo(helo)
+
+    async def _ehlo(self, name: str) -> Reply:
+        reply = await self.command(encode_command("EHLO", name))
+        if reply.positive:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params.strip()
+        return reply
+
+    async def command(self, line: bytes) -> Reply:
+        link = self._live()
+        waiter = link.expect()
+        self._write(line)
+        return await self._wait(waiter, self.options.timeout)
+
+    def send(self, data: bytes) -> None:
+        self._write(data)
+
+    async def end_data(self) -> Reply:
+        link = self._live()
+        waiter = link.expect()
+        self._write(b".\r\n")
+        return await self._wait(waiter, self.options.data_timeout)
+
+    def abort(self) -> None:
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None and not link.lost:
+            link.lost = True
+            link.transport.abort()
+        self._paused(False)
+
+    def quit(self) -> None:
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None and not link.lost:
+            link.lost = True
+            link.transport.write(encode_command("QUIT"))
+            link.transport.close()  # the QUIT reply is not waited for
+        self._paused(False)
+
+    def _live(self) -> _Link:
+        if self._link is None or self._link.lost:
+            raise BackendError("backend not connected")
+        return self._link
+
+    def _write(self, data: bytes) -> None:
+        link = self._live()
+        assert link.transport is not None
+        link.transport.write(data)
+
+    async def _wait(self, waiter: asyncio.Future[Reply], timeout: float) -> Reply:
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            self.abort()
+            raise BackendError(f"backend did not answer within {timeout:g} s") from None
