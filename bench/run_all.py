@@ -6,7 +6,8 @@
 In order: the pytest-benchmark micro-benchmarks (bench/test_*.py), the front-ends beside
 the peers and the null servers with an offered-load sweep and worker memory
 (bench/peers.py, in a private namespace), the pre-fork runtime's scaling and shared cache
-(bench/runtime.py), and cold decisions at 20 ms DNS round trip (bench/cold.py). Every
+(bench/runtime.py), cold decisions at 20 ms DNS round trip (bench/cold.py), and the SMTP
+front door beside Haraka and smtp-sink (bench/frontdoor.py, 16 sessions at a time and one). Every
 ratio is between figures of this one run.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import cold, peers, runtime
+from bench import cold, frontdoor, peers, runtime
 from bench.report import ROWS, micro_table, per_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,12 @@ def main() -> None:
     step("cold decisions")
     rtt = 0.02
     cold_data = cold.measure(rtt, 2 if smoke else 20)
+    step("SMTP front door beside Haraka and smtp-sink")
+    fd_args = frontdoor.parse_args(["--seconds=60", "--warm-sessions=20", "--max-sessions=100"] if smoke else [])
+    fd = frontdoor.report(frontdoor.measure(fd_args), fd_args)
+    fd1_args = frontdoor.parse_args((["--seconds=60", "--warm-sessions=20", "--max-sessions=50"] if smoke else [])
+                                    + ["--connections=1", "--targets=smtp-sink,checkid"])
+    fd1 = frontdoor.report(frontdoor.measure(fd1_args), fd1_args)
     minutes = (time.monotonic() - started) / 60
     step("writing the report")
 
@@ -181,6 +188,14 @@ def main() -> None:
         "chain depth + 1: one round trip for the pre-screen DNSBL (alone, so a listed spammer costs no registry "
         "query), one for the registry and the sender's SPF record together, one per further link.", "",
         cold.table(cold_data, rtt), "",
+        "## SMTP front door (issue 11)", "",
+        "`bench/frontdoor.py`, in a private network namespace (the client sends from 192.0.2.1): whole SMTP "
+        "sessions from a compiled client (`bench/c/smtpsessions.c`) to Postfix's smtp-sink directly (the limit), "
+        "through Haraka with `queue/smtp_forward` (npm `Haraka`; also with TCP_NODELAY on its backend socket, "
+        "which it leaves off), and through checkid's front door (`backend_client = \"none\"`, warm ACCEPT "
+        "decisions), all to the same smtp-sink. First 16 sessions at a time (throughput), then one at a time "
+        "(the latency the front door adds to an unloaded session).", "",
+        fd, "", fd1, "",
     ]
     (args.out / "RESULTS.md").write_text("\n".join(md))
     step(f"done: {args.out / 'RESULTS.md'}")
