@@ -144,9 +144,29 @@ class SmtpConfig:
     #: deadline for the backend's reply to the final dot (RFC 5321 §4.5.3.2.6: the client
     #: waits 10 minutes; ours must end well before)
     data_timeout: float = 300.0
+    #: a whole session's deadline, however active (a slow client holds a backend connection
+    #: too); at least the RFC 5321 §4.5.3.2 client timeouts of one transaction (5 + 5 + 5 + 2
+    #: minutes, then 10 for the end of data, 27 in all), rounded up to 30 minutes
+    session_timeout: float = 3600.0
+    #: open front-door sessions per worker before new ones get ``421 4.7.0`` (RFC 5321 §3.8 lets
+    #: a server refuse with 421 and close); each holds two descriptors, client and backend, so
+    #: 500 fits the common 1024 open-file limit (the systemd unit raises it: so may this)
+    max_connections: int = 500
+    #: open sessions from one client address per worker before ``421 4.7.0`` (0 = no cap;
+    #: Postfix's smtpd_client_connection_count_limit is 50 too)
+    max_per_ip: int = 50
+    #: STARTTLS for clients (RFC 3207): the certificate chain and its key, PEM files readable
+    #: by checkid's user; offered in EHLO only when both are set
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: STARTTLS to the backend when its EHLO offers it: ``no`` (loopback), ``opportunistic``
+    #: (try, plaintext if not offered or the handshake fails), ``required`` (no TLS, no relay);
+    #: the backend's certificate is not verified (Postfix's ``may`` and ``encrypt`` levels)
+    backend_tls: Literal["no", "opportunistic", "required"] = "no"
 
     def check(self, path: str) -> None:
-        """:raises ConfigError: limits below the RFC minimums, timeouts out of range"""
+        """:raises ConfigError: limits below the RFC minimums, timeouts out of range, half a
+        TLS key pair"""
         if any(c.isspace() for c in self.hostname):
             raise ConfigError(f"{path}.hostname: no spaces in a host name")
         if self.max_rcpts < 100:
@@ -164,3 +184,11 @@ class SmtpConfig:
         if not 1 <= self.data_timeout <= 540:
             raise ConfigError(f"{path}.data_timeout: 1 to 540 seconds, within the client's 10 minutes "
                               "(RFC 5321 §4.5.3.2.6)")
+        if not 1800 <= self.session_timeout <= 86400:
+            raise ConfigError(f"{path}.session_timeout: 1800 to 86400 seconds (one transaction may take 27 "
+                              "minutes under RFC 5321 §4.5.3.2)")
+        if self.max_connections < 1 or self.max_per_ip < 0:
+            raise ConfigError(f"{path}: max_connections must be at least 1 and max_per_ip at least 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"{path}.{'tls_key' if self.tls_cert else 'tls_cert'}: STARTTLS needs both "
+                              "tls_cert and tls_key")

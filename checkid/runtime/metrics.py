@@ -37,6 +37,19 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "policy_reload_failures": ("Policy files refused on reload (the last good one keeps serving)", ()),
     "config_reloads": ("Configuration reloads by result", ("result",)),
     "worker_restarts": ("Workers replaced by the master, by reason", ("reason",)),
+    "smtp_sessions": ("Front-door sessions greeted (the backend reachable)", ()),
+    "smtp_transactions": ("Front-door transactions (MAIL commands taken up) by outcome: relayed, rejected, "
+                          "tempfailed, discarded, aborted", ("outcome",)),
+    "smtp_relay_errors": ("Front-door backend failures by kind: connect, refused, timeout, lost, protocol, tls",
+                          ("kind",)),
+    "smtp_relayed_bytes": ("Message bytes the front door wrote to backends (dot-stuffed, headers included)", ()),
+    "smtp_refused": ("Front-door connections refused with 421 by a cap (max_connections, max_per_ip)",
+                     ("cap",)),
+    "smtp_timeouts": ("Front-door sessions ended by a timeout (idle, session)", ("kind",)),
+    "smtp_tls_handshakes": ("Front-door TLS handshakes by side (client, backend) and result (ok, failed)",
+                            ("side", "result")),
+    "smtp_starttls_pipelined": ("STARTTLS commands with plaintext pipelined behind them, dropped "
+                                "(CVE-2011-0411)", ()),
 }
 
 #: 50 µs to 10 s

@@ -51,3 +51,30 @@ def test_smtp_section_defaults_pass_and_edges_are_accepted():
 def test_smtp_section_refuses_values_outside_the_rfc_bounds(values, message):
     with pytest.raises(ConfigError, match=message):
         SmtpConfig(**values).check("smtp")
+
+
+def test_smtp_tls_caps_and_session_timeout_load_from_toml_keys():
+    loaded = config.from_dict({"smtp": {"tls_cert": "/etc/checkid/cert.pem", "tls_key": "/etc/checkid/key.pem",
+                                        "backend_tls": "required", "max_connections": 50, "max_per_ip": 0,
+                                        "session_timeout": 1800}})
+    smtp = loaded.smtp
+    assert (smtp.tls_cert, smtp.tls_key, smtp.backend_tls) == ("/etc/checkid/cert.pem", "/etc/checkid/key.pem",
+                                                               "required")
+    assert (smtp.max_connections, smtp.max_per_ip, smtp.session_timeout) == (50, 0, 1800)
+    assert SmtpConfig().backend_tls == "no" and not SmtpConfig().tls_cert  # loopback backends, no STARTTLS
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tls_cert": "/c.pem"}, r"smtp.tls_key: STARTTLS needs both"),
+    ({"tls_key": "/k.pem"}, r"smtp.tls_cert: STARTTLS needs both"),
+    ({"session_timeout": 1799}, r"smtp.session_timeout"),
+    ({"max_connections": 0}, r"smtp: max_connections"), ({"max_per_ip": -1}, r"smtp: max_connections"),
+])
+def test_smtp_tls_and_caps_refuse_what_cannot_work(values, message):
+    with pytest.raises(ConfigError, match=message):
+        SmtpConfig(**values).check("smtp")
+
+
+def test_smtp_backend_tls_is_one_of_three():
+    with pytest.raises(ConfigError, match=r"backend_tls: expected one of"):
+        config.from_dict({"smtp": {"backend_tls": "yes"}})

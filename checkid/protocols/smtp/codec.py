@@ -11,6 +11,11 @@ or refused (``reject``), and a line it ends never ends the data (Postfix's
 message can be smuggled past the backend. :func:`dot_stuff` turns content back into wire form
 for the relay, which writes the one final ``.`` itself.
 
+``STARTTLS`` waits the same way: after a 220 the session calls
+:meth:`CommandParser.start_tls`, which throws away whatever the client pipelined behind the
+command (RFC 3207 §4.2 and CVE-2011-0411, the STARTTLS command injection: plaintext sent
+before the handshake must never be read as if it came through TLS).
+
 :class:`ReplyParser` is the client side, for the backend's replies (multi-line ``250-``/``250 ``);
 :func:`encode_reply` and :func:`encode_command` render the other two directions.
 """
@@ -39,12 +44,15 @@ MAX_MESSAGE = 10_240_000
 BareLf = Literal["normalize", "reject"]
 CRLF = b"\r\n"
 _EOL = re.compile(rb"[\r\n]")
+#: commands after which nothing is read until the session answered them (what follows is
+#: content after a 354, or TLS after a 220)
+_WAITING_VERBS = frozenset({"DATA", "STARTTLS"})
 
 
 class Mode(enum.Enum):
     #: reading command lines
     COMMAND = "command"
-    #: a DATA command was yielded; nothing more until the session says how it went
+    #: a DATA or STARTTLS command was yielded; nothing more until the session says how it went
     WAIT = "wait"
     #: reading message content
     DATA = "data"
@@ -70,6 +78,8 @@ class CommandParser:
         self._events: deque[ClientEvent] = deque()
         #: discarding an overlong command line up to its LF
         self._skipping = False
+        #: the command waiting for the session's answer (in mode WAIT)
+        self.waiting = ""
         # message state (reset by start_data)
         self._size = 0
         self._prev_crlf = True
@@ -91,16 +101,32 @@ class CommandParser:
 
     def start_data(self) -> None:
         """The session answered 354: what follows is message content."""
-        if self.mode is not Mode.WAIT:
-            raise ProtocolError(f"start_data in mode {self.mode.value}")
+        self._answered("DATA")
         self.mode = Mode.DATA
         self._size, self._prev_crlf, self._long, self._error = 0, True, False, False
 
-    def resume(self) -> None:
-        """The session refused DATA: what follows are commands again."""
-        if self.mode is not Mode.WAIT:
-            raise ProtocolError(f"resume in mode {self.mode.value}")
+    def start_tls(self) -> int:
+        """The session answered STARTTLS with 220: everything received after the command is
+        dropped (it came before the handshake, in plaintext); commands follow, through TLS.
+
+        :returns: the number of bytes dropped (a client that pipelined past STARTTLS)
+        """
+        self._answered("STARTTLS")
+        dropped = len(self._buf)
+        self._buf.clear()
+        self._skipping = False
         self.mode = Mode.COMMAND
+        return dropped
+
+    def resume(self) -> None:
+        """The session refused DATA (or STARTTLS): what follows are commands again."""
+        self._answered(self.waiting or "a command")
+        self.mode = Mode.COMMAND
+
+    def _answered(self, verb: str) -> None:
+        if self.mode is not Mode.WAIT or self.waiting != verb:
+            raise ProtocolError(f"{verb} answered in mode {self.mode.value} (waiting for {self.waiting or 'nothing'})")
+        self.waiting = ""
 
     def next_event(self) -> ClientEvent | None:
         if not self._events:
@@ -139,8 +165,8 @@ class CommandParser:
             return
         verb, _, arg = line.decode("utf-8", "surrogateescape").partition(" ")
         command = Command(verb.upper(), arg)
-        if command.verb == "DATA":
-            self.mode = Mode.WAIT
+        if command.verb in _WAITING_VERBS:
+            self.mode, self.waiting = Mode.WAIT, command.verb
         self._events.append(command)
 
     # -- content --------------------------------------------------------------------------

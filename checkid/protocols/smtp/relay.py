@@ -9,20 +9,29 @@ is known and the backend offers it, then EHLO again (``"xclient"``). Replies are
 §4.5.3.2: 5 minutes per command, 10 for the end of data; smaller by configuration). When
 its write buffer is high the relay says so (``on_pause``), and the server stops reading the
 client: a slow backend slows the client, memory stays bounded.
+
+With ``tls`` set (``[smtp] backend_tls``), the relay asks for STARTTLS when the backend's EHLO
+offers it, then EHLOs again over TLS (RFC 3207 §4.2: the backend forgets the first EHLO), and
+takes nothing the backend sent in plaintext after its 220. ``required`` refuses to relay
+without TLS; ``opportunistic`` connects again in plaintext when the handshake fails. The
+backend's certificate is not verified: encryption on the way to the MTA, as Postfix's
+``may``/``encrypt`` levels give.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import ssl
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from checkid.errors import ProtocolError
 from checkid.protocols.smtp import proxyproto, xclient
 from checkid.protocols.smtp.codec import ReplyParser, encode_command
 from checkid.protocols.smtp.events import Reply
-from checkid.protocols.smtp.session import BackendClient, BackendError
+from checkid.protocols.smtp.backend import BackendClient, BackendError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,20 @@ class RelayOptions:
     timeout: float = 100.0
     #: deadline for the reply to the final dot (RFC 5321 §4.5.3.2.6: 10 minutes)
     data_timeout: float = 300.0
+    #: STARTTLS to the backend: never, when offered, or always
+    tls: Literal["no", "opportunistic", "required"] = "no"
+    #: the client context for it (None: :func:`backend_tls_context`)
+    tls_context: ssl.SSLContext | None = None
+
+
+def backend_tls_context() -> ssl.SSLContext:
+    """TLS for the relay: encrypted, the certificate not checked (a loopback or private-link
+    MTA has a self-signed one, and its address is configured, not looked up)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +88,9 @@ class _Link(asyncio.Protocol):
         self.on_pause = on_pause
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        #: the next reply answers STARTTLS; after a 220 nothing more is read in plaintext
+        self.tls_next = False
+        self.dropping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
@@ -72,15 +98,29 @@ class _Link(asyncio.Protocol):
         self.transport = tcp
 
     def data_received(self, data: bytes) -> None:
+        if self.dropping:
+            return  # after the 220 to STARTTLS, before the handshake: never read as if through TLS
+        start = 0
+        while self.tls_next and (end := data.find(b"\n", start)) >= 0:
+            self._receive(data[start:end + 1])  # line by line, to stop right after the reply
+            start = end + 1
+        if not self.dropping and start < len(data):
+            self._receive(data[start:] if start else data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             self.parser.receive_data(data)
         except ProtocolError as e:
-            return self._fail(BackendError(f"backend broke the protocol: {e}"))
-        while (reply := self.parser.next_event()) is not None:
+            return self._fail(BackendError(f"backend broke the protocol: {e}", "protocol"))
+        while not self.dropping and (reply := self.parser.next_event()) is not None:
+            if self.tls_next:
+                self.tls_next = False
+                self.dropping = reply.code == 220
             if not self.waiters:
                 # the banner before anyone asks, or a 421 before closing: the next to ask takes it
                 if len(self.early) >= MAX_EARLY:
-                    return self._fail(BackendError(f"backend sent unasked replies ({reply.code} {reply.text})"))
+                    return self._fail(BackendError(f"backend sent unasked replies ({reply.code} {reply.text})",
+                                                   "protocol"))
                 self.early.append(reply)
                 continue
             waiter = self.waiters.popleft()
@@ -122,8 +162,11 @@ class Relay:
     """The backend of one client session."""
 
     def __init__(self, options: RelayOptions, client: ClientAddress | None,
-                 on_pause: Callable[[bool], None] = lambda paused: None) -> None:
+                 on_pause: Callable[[bool], None] = lambda paused: None,
+                 counts: Counter[tuple[str, ...]] | None = None) -> None:
         self.options = options
+        #: ("smtp_tls_handshakes", "backend", result) goes here
+        self.counts: Counter[tuple[str, ...]] = Counter() if counts is None else counts
         self.client = client
         self.on_pause = on_pause
         self.extensions: dict[str, str] = {}
@@ -141,6 +184,15 @@ class Relay:
             self.on_pause(paused)
 
     async def connect(self) -> None:
+        try:
+            await self._connect(self.options.tls != "no")
+        except BackendError as e:
+            if e.kind != "tls" or self.options.tls != "opportunistic":
+                raise
+            log.warning("%s; relaying in plaintext", e)
+            await self._connect(False)
+
+    async def _connect(self, tls: bool) -> None:
         self.abort()
         self._xclient_done = False
         loop = asyncio.get_running_loop()
@@ -154,7 +206,8 @@ class Relay:
             else:
                 await asyncio.wait_for(loop.create_connection(lambda: link, host, port), self.options.timeout)
         except (OSError, TimeoutError) as e:
-            raise BackendError(f"cannot connect to {host}{f':{port}' if port else ''}: {e or 'timeout'}") from None
+            raise BackendError(f"cannot connect to {host}{f':{port}' if port else ''}: {e or 'timeout'}",
+                               "connect") from None
         self._link = link
         if self.options.backend_client == "proxy" and self.client is not None:
             c = self.client
@@ -162,11 +215,49 @@ class Relay:
         banner = await self._wait(link.expect(), self.options.timeout)
         if banner.code != 220:
             self.abort()
-            raise BackendError(f"backend greeted with {banner.code} {banner.text}")
+            raise BackendError(f"backend greeted with {banner.code} {banner.text}", "refused")
+        await self._first_ehlo()
+        if tls:
+            await self._starttls(link)
+
+    async def _first_ehlo(self) -> None:
         reply = await self._ehlo(self.options.hostname)
         if not reply.positive:
             self.abort()
-            raise BackendError(f"backend refused EHLO: {reply.code} {reply.text}")
+            raise BackendError(f"backend refused EHLO: {reply.code} {reply.text}", "refused")
+
+    async def _starttls(self, link: _Link) -> None:
+        if "STARTTLS" not in self.extensions:
+            if self.options.tls == "required":
+                self.abort()
+                raise BackendError("backend does not offer STARTTLS (backend_tls = \"required\")", "tls")
+            return
+        link.tls_next = True
+        reply = await self.command(encode_command("STARTTLS"))
+        if reply.code != 220:
+            if self.options.tls == "required":
+                self.abort()
+                raise BackendError(f"backend refused STARTTLS: {reply.code} {reply.text}", "tls")
+            return  # still a plaintext session, as before the command
+        assert link.transport is not None
+        # what the backend sent after its 220 came in plaintext: never read as if through TLS
+        link.parser, link.early, link.dropping = ReplyParser(), deque(), False
+        context = self.options.tls_context or backend_tls_context()
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                link.transport, link, context, server_side=False, ssl_handshake_timeout=self.options.timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+            transport, error = None, str(e) or "timeout"
+        else:
+            error = "connection lost"
+        if transport is None:
+            self.counts[("smtp_tls_handshakes", "backend", "failed")] += 1
+            self.abort()
+            raise BackendError(f"TLS handshake with the backend failed: {error}", "tls")
+        self.counts[("smtp_tls_handshakes", "backend", "ok")] += 1
+        link.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        await self._first_ehlo()
 
     async def hello(self, helo: str) -> Reply:
         if (self.options.backend_client == "xclient" and not self._xclient_done and self.client is not None
@@ -221,7 +312,7 @@ class Relay:
 
     def _live(self) -> _Link:
         if self._link is None or self._link.lost:
-            raise BackendError("backend not connected")
+            raise BackendError("backend not connected", "lost")
         return self._link
 
     def _write(self, data: bytes) -> None:
@@ -234,4 +325,4 @@ class Relay:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             self.abort()
-            raise BackendError(f"backend did not answer within {timeout:g} s") from None
+            raise BackendError(f"backend did not answer within {timeout:g} s", "timeout") from None

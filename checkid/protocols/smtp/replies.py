@@ -42,14 +42,26 @@ BACKEND_DOWN = Reply(421, ("4.3.0 Service not available, try again later",))
 BACKEND_LOST = Reply(451, ("4.3.0 Error: local error in processing, try again later",))
 SHUTTING_DOWN = Reply(421, ("4.3.2 Service shutting down",))
 TIMEOUT = Reply(421, ("4.4.2 Error: timeout exceeded",))
+SESSION_TOO_LONG = Reply(421, ("4.4.2 Error: session too long",))
+#: RFC 5321 §3.8: a server that cannot serve the connection answers 421 and closes
+TOO_MANY_CONNECTIONS = Reply(421, ("4.7.0 Error: too many connections",))
+TOO_MANY_FROM_YOU = Reply(421, ("4.7.0 Error: too many connections from your address",))
+#: RFC 1870 §6.1: a declared SIZE above the limit
+TOO_BIG = Reply(552, ("5.3.4 Error: message size exceeds fixed limit",))
+#: RFC 3207 §4: the 220 before the handshake, and the refusals (Postfix's texts)
+READY_FOR_TLS = Reply(220, ("2.0.0 Ready to start TLS",))
+TLS_ACTIVE = Reply(554, ("5.5.1 Error: TLS already active",))
+TLS_IN_TRANSACTION = Reply(503, ("5.5.1 Error: MAIL transaction in progress",))
+STARTTLS_SYNTAX = Reply(501, ("5.5.4 Syntax: STARTTLS",))
 #: the content broke a limit: DataError.reason -> reply
 DATA_ERRORS = {
     "line too long": Reply(500, ("5.5.2 Error: message line longer than 1000 octets (RFC 5321)",)),
     "message too big": Reply(552, ("5.3.4 Error: message file too big",)),
     "bare CR or LF": Reply(550, ("5.5.2 Error: bare <CR> or <LF> received",)),
 }
-#: verbs known and deliberately not offered (BDAT: no CHUNKING; STARTTLS: no certificate yet)
-UNIMPLEMENTED = frozenset({"BDAT", "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN", "XCLIENT", "XFORWARD", "SEND",
+#: verbs known and deliberately not offered (BDAT: no CHUNKING; STARTTLS without a
+#: certificate is answered the same by the session)
+UNIMPLEMENTED = frozenset({"BDAT", "AUTH", "ETRN", "TURN", "ATRN", "XCLIENT", "XFORWARD", "SEND",
                            "SOML", "SAML"})
 
 

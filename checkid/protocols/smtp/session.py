@@ -11,12 +11,16 @@ READY     greeted, no transaction                      MAIL (accepted) -> MAIL
 MAIL      sender accepted, no recipient yet            RCPT (accepted) -> RCPT; RSET -> READY
 RCPT      at least one recipient accepted              DATA (354) -> DATA; RSET -> READY
 DATA      content flows (the codec is in DATA mode)    end of data -> READY
+TLS       STARTTLS answered 220, the handshake is due  :meth:`~SmtpSession.tls_started` -> GREETED
 CLOSED    QUIT answered or a 421 sent                  (the connection ends)
 ========  ===========================================  =====================================
 
 Connection state (:class:`Connection`: address, HELO name, declared ID, counters) lives for
 the session; transaction state (:class:`Transaction`: sender, recipients, decision) is reset by
-RSET, HELO/EHLO and the end of data. The ``ID`` command is consumed here and never reaches
+RSET, HELO/EHLO and the end of data. After STARTTLS (RFC 3207 §4.2) the session starts over
+at GREETED with everything the client said before forgotten (HELO name, declared ID); only
+the address and the error and command counts stay, so a new TLS session cannot reset the
+limits. The ``ID`` command is consumed here and never reaches
 the backend. The backend is a :class:`Backend` (``relay.py`` over a socket, a fake in tests):
 this module does no I/O; time comes in as ``now``, wall time for ``Received:`` as ``wall``.
 
@@ -27,6 +31,10 @@ data, a DISCARD and a content error abort the backend connection without the fin
 (nothing queued; reference/front-door.md §1.1); the next transaction opens a new one. While
 an end-of-data decision is due, content is held (up to ``hold``) so that its headers can still
 be prepended; a longer message streams, and that decision's headers are logged, not added.
+
+Counted in ``counts`` (the server's :class:`~checkid.protocols.base.ServerState` counters):
+``("smtp_sessions",)``, ``("smtp_transactions", outcome)`` once per MAIL (relayed, rejected,
+tempfailed, discarded, aborted), ``("smtp_relay_errors", kind)`` and ``("smtp_relayed_bytes",)``.
 """
 from __future__ import annotations
 
@@ -34,24 +42,24 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
 from checkid.engine import validate
 from checkid.engine.decision import Action, Decision, Envelope
 from checkid.errors import CheckidError
 from checkid.protocols.decider import Decider, timed_decide
 from checkid.protocols.smtp import replies
+from checkid.protocols.smtp.backend import Backend, BackendClient, BackendError
 from checkid.protocols.smtp.codec import MAX_MESSAGE, BareLf, dot_stuff, encode_command, split_message
 from checkid.protocols.smtp.events import (BadLine, ClientEvent, Command, DataChunk, DataError, EndOfData,
                                            Reply)
 
 log = logging.getLogger(__name__)
 
-BackendClient = Literal["xclient", "proxy", "none"]
 #: EHLO keywords relayed from the backend when it offers them; any other is dropped (never
-#: CHUNKING: no BDAT here; never STARTTLS: TLS to the client is ours, not the backend's)
+#: CHUNKING: no BDAT here; never the backend's STARTTLS: TLS to the client is ours)
 RELAYED_KEYWORDS = ("PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8")
 #: the ``ID`` extension's keyword (DESIGN.md: the MTA function this front door exists for)
 ID_KEYWORD = "ID"
@@ -70,56 +78,10 @@ class State(enum.Enum):
     RCPT = "rcpt"
     #: message content flows
     DATA = "data"
+    #: STARTTLS answered 220: nothing is read until the TLS handshake is done
+    TLS = "tls"
     #: QUIT answered or a 421 sent
     CLOSED = "closed"
-
-
-class BackendError(CheckidError):
-    """The backend MTA cannot be reached, or broke the protocol, or went away."""
-
-
-class Backend(Protocol):
-    """The MTA behind the front door, one connection per client session."""
-
-    @property
-    def extensions(self) -> Mapping[str, str]:
-        """EHLO keywords of its last EHLO reply: upper-case keyword -> its parameters."""
-        ...
-
-    @property
-    def connected(self) -> bool:
-        """Whether a connection is open (and greeted)."""
-        ...
-
-    async def connect(self) -> None:
-        """Open, read the banner, EHLO. :raises BackendError:"""
-        ...
-
-    async def hello(self, helo: str) -> Reply:
-        """Pass on the client's HELO name (XCLIENT first when configured), by EHLO.
-        :raises BackendError:"""
-        ...
-
-    async def command(self, line: bytes) -> Reply:
-        """Send one command line, return its reply. :raises BackendError:"""
-        ...
-
-    def send(self, data: bytes) -> None:
-        """Message content in wire form (dot-stuffed)."""
-        ...
-
-    async def end_data(self) -> Reply:
-        """The final ``.``; the reply says whether the backend took the message.
-        :raises BackendError:"""
-        ...
-
-    def abort(self) -> None:
-        """Close without finishing anything: a message in DATA is not queued."""
-        ...
-
-    def quit(self) -> None:
-        """QUIT and close."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +102,8 @@ class SmtpOptions:
     bare_lf: BareLf = "normalize"
     #: how the backend learns the client: XCLIENT, PROXY, or checkid's ``Received:`` only
     backend_client: BackendClient = "xclient"
+    #: STARTTLS offered (the server holds a certificate)
+    starttls: bool = False
 
 
 @dataclass
@@ -152,10 +116,14 @@ class Connection:
     declared_id: str | None = None
     commands: int = 0
     errors: int = 0
+    #: the session runs over TLS (after STARTTLS)
+    tls: bool = False
 
 
 @dataclass
 class Transaction:
+    #: a MAIL was taken up (not yet counted in ``smtp_transactions``)
+    open: bool = False
     sender: str = ""
     rcpts: list[str] = field(default_factory=list)
     #: the decision at MAIL (None: none made, e.g. no client address)
@@ -174,12 +142,14 @@ class SmtpSession:
     """One client session (the codec and the socket are the server's)."""
 
     def __init__(self, decider: Decider, backend: Backend, options: SmtpOptions, ip: str | None,
-                 front: str = "smtp", wall: Callable[[], float] = time.time) -> None:
+                 front: str = "smtp", wall: Callable[[], float] = time.time,
+                 counts: Counter[tuple[str, ...]] | None = None) -> None:
         self.decider = decider
         self.backend = backend
         self.options = options
         self.front = front
         self.wall = wall
+        self.counts: Counter[tuple[str, ...]] = Counter() if counts is None else counts
         self.conn = Connection(ip=ip)
         self.tx = Transaction()
         self.state = State.GREETED
@@ -192,6 +162,7 @@ class SmtpSession:
             "DATA": (self._on_data, frozenset({State.RCPT})),
             "RSET": (self._on_rset, _ANY), "NOOP": (self._on_noop, _ANY), "QUIT": (self._on_quit, _ANY),
             "VRFY": (self._on_vrfy, _ANY), "HELP": (self._on_help, _ANY),
+            "STARTTLS": (self._on_starttls, frozenset({State.GREETED, State.READY})),
         }
 
     @property
@@ -208,8 +179,24 @@ class SmtpSession:
             await self.backend.connect()
         except BackendError as e:
             log.warning("backend unreachable for %s: %s", self.conn.ip, e)
+            self.counts[("smtp_relay_errors", e.kind)] += 1
             return self._close(replies.BACKEND_DOWN)
+        self.counts[("smtp_sessions",)] += 1
         return [replies.banner(self.options.hostname)]
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STARTTLS completed: back to the greeting, forgetting what
+        the client said before it (RFC 3207 §4.2)."""
+        if self.state is not State.TLS:
+            raise CheckidError(f"TLS started in state {self.state.value}")
+        self.conn = Connection(ip=self.conn.ip, commands=self.conn.commands, errors=self.conn.errors, tls=True)
+        self.tx = Transaction()
+        self.state = State.GREETED
+
+    def lost(self) -> None:
+        """The client is gone (or the server closed): a transaction in progress is aborted."""
+        self._end_transaction("aborted")
+        self.state = State.CLOSED
 
     async def handle(self, event: ClientEvent, now: float = 0.0) -> list[Reply]:
         """The replies to one event (none for content)."""
@@ -256,7 +243,7 @@ class SmtpSession:
         reply = await self._backend_hello(helo)
         if not reply.positive:
             return [reply]
-        self.tx = Transaction()
+        self._end_transaction("aborted")
         self.conn.helo, self.conn.esmtp = helo, esmtp
         if not esmtp:
             self.conn.declared_id = None  # the ID extension does not exist without EHLO
@@ -283,6 +270,8 @@ class SmtpSession:
                 out.append(f"SIZE {size}")
             else:
                 out.append(keyword)
+        if self.options.starttls and not self.conn.tls:  # RFC 3207 §4.2: not offered again over TLS
+            out.append("STARTTLS")
         out.append(ID_KEYWORD)
         return out
 
@@ -304,7 +293,18 @@ class SmtpSession:
     async def _on_help(self, cmd: Command) -> list[Reply]:
         return [replies.HELP]
 
+    async def _on_starttls(self, cmd: Command) -> list[Reply]:
+        if not self.options.starttls:
+            return self._error(replies.NOT_IMPLEMENTED)
+        if self.conn.tls:
+            return self._error(replies.TLS_ACTIVE)
+        if cmd.arg.strip():
+            return self._error(replies.STARTTLS_SYNTAX)
+        self.state = State.TLS
+        return [replies.READY_FOR_TLS]
+
     async def _on_quit(self, cmd: Command) -> list[Reply]:
+        self._end_transaction("aborted")
         self.backend.quit()
         self.state = State.CLOSED
         return [replies.BYE]
@@ -313,7 +313,7 @@ class SmtpSession:
         if cmd.arg.strip():
             return self._error(replies.NO_ARGUMENT)
         had_backend_tx = self.state in (State.MAIL, State.RCPT) and not self.tx.discard
-        self._end_transaction()
+        self._end_transaction("aborted")
         if had_backend_tx and self.backend.connected:
             reply = await self.backend.command(encode_command("RSET"))
             if not reply.positive:
@@ -325,12 +325,15 @@ class SmtpSession:
         path = _PATH.match(cmd.arg)
         if path is None or path.group(1).upper() != "FROM":
             return self._error(replies.MAIL_SYNTAX)
-        self.tx = Transaction(sender=path.group(2))
+        too_big = _declared_size(path.group(3)) > self.options.max_message
+        if too_big:  # RFC 1870 §6.1: refused at MAIL, before anything is relayed
+            return [replies.TOO_BIG]
+        self.tx = Transaction(open=True, sender=path.group(2))
         if self.conn.ip is not None:
             decision = await self._decided(self._envelope())
             self.tx.decision = decision
             if decision.action in (Action.REJECT, Action.TEMPFAIL):
-                self.tx = Transaction()
+                self._end_transaction("rejected" if decision.action is Action.REJECT else "tempfailed")
                 return [replies.for_decision(decision)]
             if decision.action is Action.DISCARD:
                 self.tx.discard = True
@@ -344,7 +347,7 @@ class SmtpSession:
         if reply.positive:
             self.state = State.MAIL
         else:
-            self.tx = Transaction()
+            self._end_transaction(_refused(reply))
         return [reply]
 
     async def _on_rcpt(self, cmd: Command) -> list[Reply]:
@@ -390,7 +393,11 @@ class SmtpSession:
             received = replies.received(self.conn.helo, self.conn.ip, self.options.hostname, self.wall())
         block = replies.header_block(decision, received)
         if block:
-            self.backend.send(block)
+            self._relay(block)
+
+    def _relay(self, wire: bytes) -> None:
+        self.counts[("smtp_relayed_bytes",)] += len(wire)
+        self.backend.send(wire)
 
     def _content(self, data: bytes) -> None:
         tx = self.tx
@@ -405,7 +412,7 @@ class SmtpSession:
                 return
             self._prepend(None)  # too long to hold: what the end-of-data decision adds is lost
             data, tx.held = bytes(tx.held), None
-        self.backend.send(dot_stuff(data))
+        self._relay(dot_stuff(data))
 
     def _content_error(self, reason: str) -> None:
         if self.state is State.DATA and not self.tx.error:
@@ -417,12 +424,14 @@ class SmtpSession:
         if self.state is not State.DATA:
             return []
         tx = self.tx
-        self._end_transaction()
+        self._end_transaction(None)
         if tx.error:
             self._log(tx, "refused", tx.error)
+            self._count("rejected")
             return [replies.DATA_ERRORS[tx.error]]
         if tx.discard:
             self._log(tx, "discarded")
+            self._count("discarded")
             return [replies.QUEUED_NOWHERE]
         decision = tx.decision
         if decision is not None and decision.action is Action.CONTINUE:
@@ -431,11 +440,12 @@ class SmtpSession:
             if decision.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
                 self.backend.abort()
                 self._log(tx, decision.action.value.lower())
+                self._count(_OUTCOMES[decision.action])
                 return [replies.QUEUED_NOWHERE if decision.action is Action.DISCARD
                         else replies.for_decision(decision)]
             if tx.held is not None:
                 self._prepend(decision)
-                self.backend.send(dot_stuff(bytes(tx.held)))
+                self._relay(dot_stuff(bytes(tx.held)))
             elif decision.headers:
                 log.info("%s: message streamed before the end-of-data decision; headers not added: %s",
                          self.conn.ip, ", ".join(h.label for h in decision.headers))
@@ -443,21 +453,31 @@ class SmtpSession:
             reply = await self.backend.end_data()
         except BackendError as e:
             self._log(tx, "backend lost")
+            self._count("tempfailed")
             return self._backend_lost(e)
         self._log(tx, "relayed", reply=reply)
+        self._count("relayed" if reply.positive else _refused(reply))
         return [reply]
 
     # -- helpers ------------------------------------------------------------------------
-    def _end_transaction(self) -> None:
+    def _end_transaction(self, outcome: str | None) -> None:
+        """Forget the transaction; one taken up and not yet counted counts as ``outcome``."""
+        if self.tx.open and outcome is not None:
+            self._count(outcome)
         self.tx = Transaction()
         if self.state is not State.GREETED:
             self.state = State.READY
+
+    def _count(self, outcome: str) -> None:
+        self.counts[("smtp_transactions", outcome)] += 1
 
     def _out_of_sequence(self, verb: str) -> Reply:
         if self.state is State.GREETED and verb in ("MAIL", "RCPT", "DATA", "ID"):
             return replies.ID_SEQUENCE if verb == "ID" else replies.NEED_HELO
         if verb == "ID":
             return replies.ID_SEQUENCE
+        if verb == "STARTTLS":
+            return replies.TLS_IN_TRANSACTION
         if verb == "MAIL":
             return replies.NESTED_MAIL
         if verb == "RCPT":
@@ -474,6 +494,7 @@ class SmtpSession:
         return [reply]
 
     def _close(self, reply: Reply) -> list[Reply]:
+        self._end_transaction("aborted")
         self.state = State.CLOSED
         self.backend.abort()
         return [reply]
@@ -482,8 +503,9 @@ class SmtpSession:
         """The backend went away: this transaction fails with a 451 (the client retries);
         the next MAIL opens a new connection."""
         log.warning("%s: backend lost: %s", self.conn.ip, error)
+        self.counts[("smtp_relay_errors", error.kind)] += 1
         self.backend.abort()
-        self._end_transaction()
+        self._end_transaction("tempfailed")
         return [replies.BACKEND_LOST]
 
     def _envelope(self, tx: Transaction | None = None, rcpts: tuple[str, ...] | None = None,
@@ -507,4 +529,18 @@ class SmtpSession:
                  detail)
 
 
-_ANY = frozenset(State) - {State.CLOSED}
+_ANY = frozenset(State) - {State.CLOSED, State.TLS}
+#: an end-of-data decision that ends the transaction -> its ``smtp_transactions`` outcome
+_OUTCOMES = {Action.REJECT: "rejected", Action.TEMPFAIL: "tempfailed", Action.DISCARD: "discarded"}
+_SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d{1,20})(?=\s|$)")
+
+
+def _refused(reply: Reply) -> str:
+    """The outcome of a transaction the backend refused with ``reply``."""
+    return "tempfailed" if reply.code < 500 else "rejected"
+
+
+def _declared_size(params: str) -> int:
+    """The ``SIZE=`` a MAIL command declares (RFC 1870 §6), 0 when none."""
+    match = _SIZE.search(params)
+    return int(match.group(1)) if match else 0

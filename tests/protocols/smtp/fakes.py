@@ -3,7 +3,7 @@ told (a real MTA's replies by default), fails when told."""
 from __future__ import annotations
 
 from checkid.protocols.smtp.events import Reply
-from checkid.protocols.smtp.session import BackendError
+from checkid.protocols.smtp.backend import BackendError
 
 POSTFIX_EHLO = {"PIPELINING": "", "SIZE": "10240000", "VRFY": "", "ETRN": "", "STARTTLS": "",
                 "ENHANCEDSTATUSCODES": "", "8BITMIME": "", "DSN": "", "SMTPUTF8": "", "CHUNKING": "",
@@ -34,7 +34,7 @@ class FakeBackend:
     async def connect(self) -> None:
         self.connects += 1
         if self.fail_connect:
-            raise BackendError("connection refused")
+            raise BackendError("connection refused", "connect")
         self.connected = True
 
     async def hello(self, helo: str) -> Reply:

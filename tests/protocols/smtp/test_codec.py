@@ -22,7 +22,10 @@ def events(chunks, parser=None, accept_data=True):
             event = parser.next_event()
             if event is None:
                 if parser.mode is codec.Mode.WAIT:
-                    parser.start_data() if accept_data else parser.resume()
+                    if parser.waiting == "STARTTLS":
+                        parser.resume()  # STARTTLS refused; its own tests are below
+                    else:
+                        parser.start_data() if accept_data else parser.resume()
                     continue
                 break
             out.append(event)
@@ -134,6 +137,38 @@ def test_a_message_may_be_empty_and_end_at_once():
     assert events([b"DATA\r\n.\r\n"]) == [Command("DATA"), EndOfData()]
 
 
+def test_starttls_waits_and_a_220_drops_what_was_pipelined_behind_it():
+    parser = codec.CommandParser()
+    parser.receive_data(b"EHLO c.example\r\nSTARTTLS\r\nMAIL FROM:<evil@example.com>\r\nRSET\r\n")
+    assert [parser.next_event(), parser.next_event()] == [Command("EHLO", "c.example"), Command("STARTTLS")]
+    assert parser.next_event() is None and (parser.mode, parser.waiting) == (codec.Mode.WAIT, "STARTTLS")
+    assert parser.start_tls() == len(b"MAIL FROM:<evil@example.com>\r\nRSET\r\n")  # CVE-2011-0411
+    assert parser.next_event() is None and parser.buffered == 0
+    parser.receive_data(b"EHLO c.example\r\n")  # through TLS now
+    assert parser.next_event() == Command("EHLO", "c.example")
+
+
+def test_a_refused_starttls_reads_what_follows_as_commands():
+    parser = codec.CommandParser()
+    parser.receive_data(b"STARTTLS\r\nQUIT\r\n")
+    assert parser.next_event() == Command("STARTTLS") and parser.next_event() is None
+    parser.resume()
+    assert parser.next_event() == Command("QUIT")
+
+
+def test_answers_must_match_the_command_that_waits():
+    parser = codec.CommandParser()
+    parser.receive_data(b"STARTTLS\r\n")
+    parser.next_event()
+    with pytest.raises(ProtocolError, match="DATA answered"):
+        parser.start_data()  # a 354 to STARTTLS would read the handshake as a message
+    parser.resume()
+    parser.receive_data(b"DATA\r\n")
+    parser.next_event()
+    with pytest.raises(ProtocolError, match="STARTTLS answered"):
+        parser.start_tls()
+
+
 # -- properties ---------------------------------------------------------------------------
 line_text = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 contents = st.lists(st.one_of(line_text, st.sampled_from([b".", b"..", b".x", b""])), max_size=20).map(
@@ -215,3 +250,27 @@ def test_reply_encoder_keeps_lines_whole_and_short():
     assert all(len(line) + 2 <= 512 for line in wire.split(b"\r\n"))
     with pytest.raises(ValueError):
         codec.encode_command("MAIL", "FROM:<a@b>\r\nRCPT TO:<c@d>")
+
+
+command_lines = st.lists(st.sampled_from([b"EHLO c.example", b"NOOP", b"MAIL FROM:<a@example.com>", b"RSET",
+                                          b"X" * 600, b"ID example.com"]), max_size=6)
+
+
+@given(command_lines, st.binary(max_size=200), st.lists(st.integers(0, 2000), max_size=8))
+def test_nothing_pipelined_after_starttls_ever_comes_out_split_anywhere(before, after, cuts):
+    wire = b"".join(line + b"\r\n" for line in before) + b"STARTTLS\r\n" + after
+    whole = codec.CommandParser()
+    whole.receive_data(wire)
+    expected = []
+    while (event := whole.next_event()) is not None:
+        expected.append(event)
+    parser, out = codec.CommandParser(), []
+    for chunk in split(wire, cuts):  # all of it arrives before the 220 goes out
+        parser.receive_data(chunk)
+        while (event := parser.next_event()) is not None:
+            out.append(event)
+    assert out == expected and out[-1] == Command("STARTTLS")
+    parser.start_tls()
+    assert parser.next_event() is None and parser.buffered == 0
+    parser.receive_data(b"NOOP\r\n")
+    assert parser.next_event() == Command("NOOP")

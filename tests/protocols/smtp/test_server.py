@@ -3,8 +3,9 @@ SMTP sink that records what it got, strict about end of data as Postfix ≥3.9 i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
-from checkid.config import Config, ListenConfig
+from checkid.config import Config, ListenConfig, SmtpConfig
 from checkid.protocols.base import ServerState
 from checkid.protocols.registry import protocol_factory
 from checkid.protocols.smtp import codec, proxyproto
@@ -24,6 +25,8 @@ class Sink(asyncio.Protocol):
         self.in_data = False
         self.lines: list[bytes] = []
         self.closed = False
+        self.tls = False
+        self.broken_tls = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -33,6 +36,9 @@ class Sink(asyncio.Protocol):
         transport.write(b"220 mx.fake ESMTP\r\n")
 
     def data_received(self, data):
+        if self.broken_tls:
+            self.transport.write(b"this is not TLS\r\n")
+            return
         self.buf += data
         while True:
             if self.in_data:
@@ -52,8 +58,17 @@ class Sink(asyncio.Protocol):
             self.lines.append(line)
             verb = line.split(b" ")[0].upper()
             if verb == b"EHLO":
-                self.transport.write(b"".join(b"250-" + k.encode() + b"\r\n" for k in ["mx.fake"] + EHLO_KEYWORDS[:-1])
-                                     + b"250 " + EHLO_KEYWORDS[-1].encode() + b"\r\n")
+                keywords = [k for k in self.mta.keywords if not (self.tls and k == "STARTTLS")]
+                self.transport.write(b"".join(b"250-" + k.encode() + b"\r\n" for k in ["mx.fake"] + keywords[:-1])
+                                     + b"250 " + keywords[-1].encode() + b"\r\n")
+            elif verb == b"STARTTLS" and "STARTTLS" in self.mta.keywords:
+                self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
+                self.buf.clear()
+                if self.mta.tls is None:  # a broken TLS: the ClientHello meets plaintext
+                    self.broken_tls = True
+                    return
+                self.mta.tasks.add(asyncio.ensure_future(self._handshake()))
+                return
             elif verb == b"XCLIENT":
                 self.transport.write(b"220 mx.fake ESMTP\r\n")
             elif verb == b"DATA":
@@ -66,15 +81,25 @@ class Sink(asyncio.Protocol):
             else:
                 self.transport.write(b"250 2.0.0 Ok\r\n")
 
+    async def _handshake(self):
+        loop = asyncio.get_running_loop()
+        self.transport = await loop.start_tls(self.transport, self, self.mta.tls, server_side=True)
+        self.tls = True
+
     def connection_lost(self, exc):
         self.closed = True
 
 
 class FakeMta:
-    def __init__(self) -> None:
+    """``tls``: the server context its STARTTLS uses (None: it answers 220, then plaintext)."""
+
+    def __init__(self, keywords: list[str] | None = None, tls=None) -> None:
         self.connections: list[Sink] = []
         self.messages: list[bytes] = []
         self.paused = False
+        self.keywords = EHLO_KEYWORDS if keywords is None else keywords
+        self.tls = tls
+        self.tasks: set[asyncio.Future] = set()
 
     async def start(self) -> int:
         self.server = await asyncio.get_running_loop().create_server(lambda: Sink(self), "127.0.0.1", 0)
@@ -89,15 +114,16 @@ class FakeMta:
 class Door:
     """A front door listening on loopback in front of ``backend``."""
 
-    def __init__(self, decider, backend_port: int, **listen):
+    def __init__(self, decider, backend_port: int, smtp: SmtpConfig | None = None, **listen):
         self.decider = decider
         self.backend_port = backend_port
         self.listen = listen
         self.state = ServerState()
+        self.config = dataclasses.replace(Config(), smtp=smtp or SmtpConfig())
 
     async def start(self) -> int:
         listen = ListenConfig("smtp", "127.0.0.1:1", backend=f"127.0.0.1:{self.backend_port}", **self.listen)
-        factory = protocol_factory(self.decider, self.state, Config(), listen)
+        factory = protocol_factory(self.decider, self.state, self.config, listen)
         self.server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
 
@@ -139,9 +165,9 @@ class SmtpClient:
         self.writer.close()
 
 
-async def stack(decider, mta=None, **listen):
+async def stack(decider, mta=None, smtp=None, **listen):
     mta = mta or FakeMta()
-    door = Door(decider, await mta.start(), **listen)
+    door = Door(decider, await mta.start(), smtp, **listen)
     return mta, door, await door.start()
 
 

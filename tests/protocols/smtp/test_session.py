@@ -8,8 +8,9 @@ import pytest
 
 from checkid.engine.decision import Action, Decision, Header
 from checkid.protocols.smtp import codec
-from checkid.protocols.smtp.events import Command, Reply
+from checkid.protocols.smtp.events import Reply
 from checkid.protocols.smtp.session import SmtpOptions, SmtpSession, State
+from checkid.runtime.metrics import COUNTERS
 from tests.conftest import run
 from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider
 from tests.protocols.smtp.fakes import QUEUED, FakeBackend
@@ -40,8 +41,13 @@ class Client:
             self.parser.receive_data(wire)
             while (event := self.parser.next_event()) is not None:
                 out += await self.session.handle(event)
-                if isinstance(event, Command) and event.verb == "DATA":
-                    self.parser.start_data() if self.session.state is State.DATA else self.parser.resume()
+                if self.parser.mode is codec.Mode.WAIT:
+                    if self.session.state is State.DATA:
+                        self.parser.start_data()
+                    elif self.session.state is State.TLS:
+                        self.parser.start_tls()
+                    else:
+                        self.parser.resume()
             return out
         return run(go())
 
@@ -329,3 +335,86 @@ def test_quit_and_the_null_sender():
     assert client.say("MAIL FROM:<>").code == 250 and client.decider.envelopes[0].sender == ""
     assert client.say("QUIT") == Reply(221, ("2.0.0 Bye",))
     assert client.session.closed and client.backend.quits == 1
+
+
+# -- STARTTLS (RFC 3207) ----------------------------------------------------------------------
+TLS = SmtpOptions(hostname="door.checkid.test", starttls=True)
+
+
+def test_starttls_is_offered_with_a_certificate_and_answered_220():
+    client = greeted(options=TLS)
+    assert "STARTTLS" in client.say("EHLO client.example.com").lines
+    assert client.say("STARTTLS") == Reply(220, ("2.0.0 Ready to start TLS",))
+    assert client.session.state is State.TLS
+    assert client.backend.lines == []  # STARTTLS is the front door's, never the backend's
+
+
+def test_after_the_handshake_the_session_starts_over_and_forgets_helo_and_id():
+    client = greeted(options=TLS)
+    client.say("ID example.com")
+    client.say("STARTTLS")
+    client.session.tls_started()
+    assert client.session.state is State.GREETED
+    assert (client.session.conn.helo, client.session.conn.declared_id) == (None, None)
+    assert client.say("MAIL FROM:<a@example.com>").code == 503  # EHLO again first
+    ehlo = client.say("EHLO other.example.com")
+    assert "STARTTLS" not in ehlo.lines and "ID" in ehlo.lines  # not offered twice
+    client.say("MAIL FROM:<a@example.com>")
+    assert (client.decider.envelopes[-1].helo, client.decider.envelopes[-1].id) == ("other.example.com", None)
+    assert client.say("STARTTLS").code == 503  # in a transaction
+    client.say("RSET")
+    assert (client.say("STARTTLS").code, client.say("STARTTLS").xcode) == (554, "5.5.1")  # TLS already active
+
+
+def test_the_handshake_keeps_the_limits_counting():
+    client = greeted(options=SmtpOptions(max_errors=3, starttls=True))
+    client.say("FOO")
+    client.say("STARTTLS")
+    client.session.tls_started()
+    assert codes(client.send(b"BAR\r\nBAZ\r\n")) == [500, 421]  # the error before TLS still counts
+
+
+def test_starttls_refusals():
+    assert greeted().say("STARTTLS").code == 502  # no certificate: not offered
+    assert "STARTTLS" not in greeted().say("EHLO c.example").lines
+    assert (greeted(options=TLS).say("STARTTLS now").code) == 501
+    assert Client(options=TLS).say("STARTTLS").code == 220  # before EHLO is allowed (RFC 3207 §4)
+
+
+# -- SIZE and counters ------------------------------------------------------------------------
+def test_a_declared_size_over_the_limit_is_552_before_the_backend_sees_it():
+    client = greeted(options=SmtpOptions(max_message=100_000))
+    reply = client.say("MAIL FROM:<a@example.com> SIZE=100001")
+    assert (reply.code, reply.xcode) == (552, "5.3.4") and client.backend.lines == []
+    assert client.say("MAIL FROM:<a@example.com> SIZE=100000").code == 250
+
+
+def transactions(client):
+    return {k[1]: v for k, v in client.session.counts.items() if k[0] == "smtp_transactions"}
+
+
+def test_transactions_are_counted_once_by_outcome():
+    client = greeted(decider=Decider(ACCEPTED, REJECTED, TEMPFAILED, DISCARDED, ACCEPTED, ACCEPTED))
+    client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + codec.encode_data(MESSAGE))
+    client.say("MAIL FROM:<r@example.com>")
+    client.say("MAIL FROM:<t@example.com>")
+    client.send(b"MAIL FROM:<d@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + codec.encode_data(MESSAGE))
+    client.send(b"MAIL FROM:<x@example.com>\r\nRSET\r\n")
+    client.send(b"MAIL FROM:<y@example.com>\r\n")
+    client.session.lost()  # the client went away in the transaction
+    assert transactions(client) == {"relayed": 1, "rejected": 1, "tempfailed": 1, "discarded": 1, "aborted": 2}
+    assert client.session.counts[("smtp_sessions",)] == 1
+    assert all(name in COUNTERS and len(labels) == len(COUNTERS[name][1]) for name, *labels in client.session.counts)
+    relayed = client.session.counts[("smtp_relayed_bytes",)]
+    assert relayed == len(client.backend.messages[0])  # headers and stuffed content, as the backend got them
+
+
+def test_backend_refusals_and_failures_are_counted_by_kind():
+    client = greeted(backend=FakeBackend(replies={".": Reply(554, ("5.7.1 no",))}))
+    client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + codec.encode_data(MESSAGE))
+    assert transactions(client) == {"rejected": 1}
+    lost = greeted(backend=FakeBackend(fail_on="RCPT"))
+    lost.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n")
+    assert transactions(lost) == {"tempfailed": 1} and lost.session.counts[("smtp_relay_errors", "lost")] == 1
+    down = Client(backend=FakeBackend(fail_connect=True))
+    assert down.session.counts[("smtp_relay_errors", "connect")] == 1 and not down.session.counts[("smtp_sessions",)]
