@@ -16,6 +16,7 @@ from checkid.engine.engine import Engine
 from checkid.engine.trace import Trace
 from checkid.errors import CheckidError
 from checkid.exitcodes import ExitCode
+from checkid.protocols import registry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,5 +125,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     engine = Engine(config)
+    registry.check(config)
     print(f"configuration OK; policy {engine.policy.current.path}")
     return ExitCode.OK

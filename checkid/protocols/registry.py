@@ -26,3 +26,17 @@ def protocol_factory(decider: Decider, state: ServerState, config: Config,
     module, _, name = PROTOCOLS[listen.protocol].partition(":")
     make: Callable[..., Callable[[], asyncio.Protocol]] = getattr(importlib.import_module(module), name)
     return make(decider, state, config, listen)
+
+
+def check(config: Config) -> None:
+    """Load what each listener's protocol needs before any worker does (a listener module's
+    optional ``check(config, listen)``: the front door's certificate, say), so that a file
+    that does not load is refused at start or reload, not by workers that cannot start.
+
+    :raises ConfigError: naming the key at fault
+    """
+    for listen in config.listen:
+        module = importlib.import_module(PROTOCOLS[listen.protocol].partition(":")[0])
+        checker: Callable[[Config, ListenConfig], None] | None = getattr(module, "check", None)
+        if checker is not None:
+            checker(config, listen)

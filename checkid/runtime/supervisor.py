@@ -124,15 +124,18 @@ class Master:
         cache.close()
 
     def _check_engine(self, config: Config) -> None:
-        """Build an engine as every worker will (block lists, recipient thresholds, policy),
+        """Build an engine as every worker will (block lists, recipient thresholds, policy)
+        and load what the listeners need (the front door's certificate),
         so that a file that does not load is refused here, not by workers that then cannot
         start. It holds no loop, resolver or cache handle: nothing survives into a fork.
 
         :raises ConfigError: or PolicyError
         """
         from checkid.engine.engine import Engine
+        from checkid.protocols import registry
 
         Engine(config)
+        registry.check(config)
 
     def _load_policy(self, config: Config) -> None:
         """Load ``config``'s policy file and keep its source. :raises PolicyError:"""

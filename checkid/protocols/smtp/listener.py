@@ -15,6 +15,11 @@ from checkid.protocols.smtp.server import DoorOptions, Occupancy, SmtpProtocol
 from checkid.protocols.smtp.session import SmtpOptions
 
 
+def check(config: Config, listen: ListenConfig) -> None:
+    """What a worker will load for this listener, loaded now. :raises ConfigError:"""
+    tls_context(config.smtp)
+
+
 def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
     """The server context for STARTTLS from ``tls_cert``/``tls_key`` (None without them).
 

@@ -189,3 +189,17 @@ def test_required_backend_tls_with_a_broken_handshake_relays_nothing():
     mta = FakeMta(tls=None)
     out, door = relay_one(mta, "required")
     assert [(r.code, r.xcode) for r in out] == [(421, "4.3.0")] and len(mta.connections) == 1
+
+
+def test_check_config_refuses_a_front_door_certificate_that_does_not_load(tmp_path):
+    """Found at start (and by check-config), not by workers that then cannot start."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    config = tmp_path / "checkid.toml"
+    config.write_text(f'[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:2525"\nbackend = "127.0.0.1:2526"\n'
+                      f'[smtp]\ntls_cert = "{tmp_path / "bad.pem"}"\ntls_key = "{tmp_path / "bad.pem"}"\n')
+    out = subprocess.run([sys.executable, "-m", "checkid", "check-config", "-c", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "smtp.tls_cert" in out.stderr
