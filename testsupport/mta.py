@@ -1,13 +1,18 @@
 """Throwaway MTA instances on loopback for integration tests (reference/milter.md §11.2,
-anchors.md §8). Nothing of the system's own MTA configuration is touched."""
+anchors.md §8), a throwaway HAProxy, and an SMTP client that can speak for another address
+through a PROXY header. Nothing of the system's own MTA configuration is touched."""
 from __future__ import annotations
 
 import os
 import pwd
 import re
 import shutil
+import smtplib
+import socket
 import subprocess
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from testsupport.processes import READY_SECONDS, wait_for_port, world_readable_tmpdir
@@ -116,11 +121,68 @@ class Postfix(Throwaway):
         log = self.root / "maillog"
         return log.read_text() if log.exists() else ""
 
+    def queue_ids(self) -> set[str]:
+        """The ids of every message in the queue, whatever its stage (a message still being
+        received is a file in ``incoming`` too); read from the queue directories, so it works
+        with Postfix stopped."""
+        spool = self.root / "spool"
+        return {f.name for queue in POSTFIX_QUEUES if (spool / queue).is_dir()
+                for f in (spool / queue).rglob("*") if f.is_file()}
+
+    def halt(self) -> None:
+        """Stop the mail system now (``postfix abort``: every smtpd goes, sessions in progress
+        are cut), keeping its queue for :meth:`resume`."""
+        subprocess.run(["postfix", "-c", str(self.etc), "abort"], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: not _listening(self.port), f"Postfix still listening on {self.port}")
+
+    def resume(self) -> None:
+        """Start it again after :meth:`halt`, on the same queue."""
+        subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True, timeout=60)
+        wait_for_port(self.port)
+
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True, timeout=60)
         subprocess.run(["postfix", "-c", str(self.etc), "abort"], capture_output=True, timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+#: the queue directories a message can be in (postconf(5) queue_directory; "maildrop" for
+#: local submissions)
+POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+
+def wait_until(condition: Callable[[], object], what: str, seconds: float = READY_SECONDS) -> None:
+    """Poll ``condition`` until it is true; bounded in time (``what`` names it in the error)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (after {seconds:.0f} s)")
+        time.sleep(0.02)
+
+
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class ProxySMTP(smtplib.SMTP):
+    """smtplib's client that can write ``header`` (a PROXY protocol header) on the connection
+    before reading the banner, as a load balancer would, and bind a source address (another
+    loopback address such as 127.0.0.2)."""
+
+    def __init__(self, host: str, port: int, header: bytes = b"", source: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.proxy_header = header
+        super().__init__(host, port, timeout=timeout, source_address=(source, 0) if source else None)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]  # not in typeshed
+        if self.proxy_header:
+            sock.sendall(self.proxy_header)
+        return sock
 
 
 EXIM = Path(__file__).resolve().parent.parent / ".mta" / "exim" / "usr" / "sbin" / "exim4"
@@ -150,6 +212,11 @@ class Exim(Throwaway):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.proc)
         return self
+
+    def queue_ids(self) -> set[str]:
+        """The ids of the messages in its spool (one ``<id>-H`` header file each)."""
+        spool = self.root / "spool" / "input"
+        return {f.name[:-2] for f in spool.rglob("*-H")} if spool.is_dir() else set()
 
     def headers(self, message_id: str) -> str:
         out = subprocess.run([str(EXIM), "-C", str(self.conf), "-Mvh", message_id],
@@ -216,4 +283,36 @@ class Sendmail(Throwaway):
 
     def stop(self) -> None:
         terminate(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class HAProxy(Throwaway):
+    """A private HAProxy (the Debian package, scripts/mta-deps) in the foreground on a
+    configuration given as text; ``ports`` are the listening ports to wait for. The
+    package's own service is not used."""
+
+    def __init__(self, config: str, ports: list[int]) -> None:
+        self.root = world_readable_tmpdir("checkid-haproxy-")
+        self.conf = self.root / "haproxy.cfg"
+        self.config = config
+        self.ports = ports
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: typing.BinaryIO | None = None
+
+    def start(self) -> "HAProxy":
+        self.conf.write_text(self.config)
+        check = subprocess.run(["haproxy", "-c", "-f", str(self.conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy configuration refused: {check.stdout}{check.stderr}")
+        self.log = open(self.root / "haproxy.log", "wb")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        for port in self.ports:
+            wait_for_port(port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        terminate(self.proc)
+        if self.log is not None:
+            self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

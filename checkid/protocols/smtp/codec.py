@@ -198,8 +198,9 @@ class CommandParser:
             long, self._long = self._long or len(line) + 2 > self.max_text_line, False
             prev_crlf, self._prev_crlf = self._prev_crlf, crlf
             if not long and line[:1] == b".":
-                line = line[1:]
-                if not line and crlf and prev_crlf:
+                if len(line) > 1:
+                    line = line[1:]  # RFC 5321 §4.5.2: the dot goes only when others follow it
+                elif crlf and prev_crlf:
                     ended = True
                     break
             if self._error:

@@ -274,3 +274,12 @@ def test_nothing_pipelined_after_starttls_ever_comes_out_split_anywhere(before, 
     assert parser.next_event() is None and parser.buffered == 0
     parser.receive_data(b"NOOP\r\n")
     assert parser.next_event() == Command("NOOP")
+
+
+@pytest.mark.parametrize("attempt", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r"])
+def test_a_lone_dot_that_does_not_end_the_data_stays_a_dot(attempt):
+    """RFC 5321 §4.5.2: the leading dot is removed only when other characters follow it; a
+    false end of data (bare CR or LF beside it) is content, with its dot (found against a real
+    Postfix behind the front door)."""
+    out = merged(events([b"DATA\r\nfirst" + attempt + b"second\r\n.\r\n"]))
+    assert out == [Command("DATA"), DataChunk(b"first\r\n.\r\nsecond\r\n"), EndOfData()]
