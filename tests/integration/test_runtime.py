@@ -53,6 +53,27 @@ def ask(port, ip="192.0.2.1", helo="example.com", timeout=10.0, on_sent=None):
     return pol.parse_reply(data)
 
 
+def requests_in_flight(port, n):
+    """``n`` policy requests from threads, returned once each was sent and read by a worker
+    (nothing left in a socket or accept queue) or answered: (threads, answers, errors)."""
+    answers: list[str] = []
+    errors: list[str] = []
+    sent: list[int] = []
+
+    def one():
+        try:
+            answers.append(ask(port, on_sent=lambda: sent.append(1)))
+        except OSError as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    eventually(lambda: len(answers) == n or (len(sent) == n and connections_taken(port) >= n),
+               what="requests in flight")
+    return threads, answers, errors
+
+
 def scrape(port):
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: Counter[str] = Counter()
@@ -268,23 +289,7 @@ def test_sigterm_answers_requests_in_flight_then_exits_cleanly(dns_server, dns, 
     with daemon(dns_server, workdir) as checkid:
         eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
         dns.set_fault("example.com.registry.test", delay=0.4)  # below the per-try timeout (0.5 s)
-        answers: list[str] = []
-        errors: list[str] = []
-
-        sent: list[int] = []
-
-        def one():
-            try:
-                answers.append(ask(checkid.port, on_sent=lambda: sent.append(1)))
-            except OSError as e:
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=one) for _ in range(8)]
-        for t in threads:
-            t.start()
-        # every request sent, and read by a worker (nothing left in a socket or accept queue)
-        eventually(lambda: len(answers) == 8 or (len(sent) == 8 and connections_taken(checkid.port) >= 8),
-                   what="requests in flight")
+        threads, answers, errors = requests_in_flight(checkid.port, 8)
         assert checkid.stop() == 0
         for t in threads:
             t.join(WAIT_SECONDS)
@@ -524,23 +529,7 @@ def test_sighup_retires_the_old_workers_after_their_requests_not_after_the_grace
         eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
         old = worker_pids(checkid)
         dns.set_fault("example.com.registry.test", delay=0.4)  # below the per-try timeout (0.5 s)
-        answers: list[str] = []
-        errors: list[str] = []
-
-        sent: list[int] = []
-
-        def one():
-            try:
-                answers.append(ask(checkid.port, on_sent=lambda: sent.append(1)))
-            except OSError as e:
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=one) for _ in range(8)]
-        for t in threads:
-            t.start()
-        # every request sent, and read by a worker (nothing left in a socket or accept queue)
-        eventually(lambda: len(answers) == 8 or (len(sent) == 8 and connections_taken(checkid.port) >= 8),
-                   what="requests in flight")
+        threads, answers, errors = requests_in_flight(checkid.port, 8)
         checkid.proc.send_signal(signal.SIGHUP)
         for t in threads:
             t.join(WAIT_SECONDS)
