@@ -123,7 +123,7 @@ class MilterConfig:
 class SmtpConfig:
     """The SMTP front door's limits and timeouts (every smtp listener shares them)."""
 
-    #: the name in the banner, the EHLO reply and checkid's ``Received:`` ("" = this host's FQDN)
+    #: the name in the banner, the EHLO reply and checkid's ``Received:`` ("" = this host's name)
     hostname: str = ""
     #: RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per message
     max_rcpts: int = 100
