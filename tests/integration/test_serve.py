@@ -47,7 +47,7 @@ def test_serve_exits_cleanly_on_sigterm(dns_server):
 
 def test_serve_refuses_a_bad_configuration_naming_the_key(tmp_path):
     bad = tmp_path / "checkid.toml"
-    bad.write_text('[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:1"\n')
+    bad.write_text('[[listen]]\nprotocol = "lmtp"\naddress = "127.0.0.1:1"\n')
     out = subprocess.run([sys.executable, "-m", "checkid", "serve", "-c", str(bad)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0 and "listen[0].protocol" in out.stderr
