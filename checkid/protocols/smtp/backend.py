@@ -40,7 +40,17 @@ class Backend(Protocol):
         ...
 
     async def connect(self) -> None:
-        """Open, read the banner, EHLO. :raises BackendError:"""
+        """:meth:`open`, then :meth:`ready`. :raises BackendError:"""
+        ...
+
+    async def open(self) -> None:
+        """Open the connection; the backend's greeting (banner, an EHLO when its keywords are
+        needed before :meth:`hello`, STARTTLS) goes on meanwhile. :raises BackendError:"""
+        ...
+
+    async def ready(self) -> None:
+        """Wait for the greeting :meth:`open` began (at once when there is none).
+        :raises BackendError:"""
         ...
 
     async def hello(self, helo: str) -> Reply:

@@ -2,7 +2,8 @@
 and PROXY both forbid reuse, reference/front-door.md §1.2-1.3), the
 :class:`~checkid.protocols.smtp.session.Backend` the session talks to.
 
-It reads the banner, sends EHLO, and tells the backend who the client is: a PROXY v2 header
+It reads the banner, sends EHLO (only when XCLIENT or STARTTLS to the backend needs its keywords first),
+and tells the backend who the client is: a PROXY v2 header
 before anything else (``backend_client = "proxy"``), or XCLIENT once the client's HELO name
 is known and the backend offers it, then EHLO again (``"xclient"``). Replies are parsed by
 :class:`~checkid.protocols.smtp.codec.ReplyParser`; each wait has a deadline (RFC 5321
@@ -91,6 +92,11 @@ class _Link(asyncio.Protocol):
         #: the next reply answers STARTTLS; after a 220 nothing more is read in plaintext
         self.tls_next = False
         self.dropping = False
+        #: the latest reply asked for is due by this (loop time); one timer per connection
+        #: checks it, re-armed when it fires early, instead of a timer per command
+        self.deadline = 0.0
+        self.timeout = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
@@ -129,6 +135,7 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.disarm()
         self._fail(BackendError(f"backend connection lost{f': {exc}' if exc else ''}"), close=False)
         self.on_pause(False)
 
@@ -148,8 +155,31 @@ class _Link(asyncio.Protocol):
             self.waiters.append(waiter)
         return waiter
 
+    def arm(self, timeout: float) -> None:
+        """The reply just asked for is due within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self.deadline, self.timeout = loop.time() + timeout, timeout
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._expire)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.lost or not any(not w.done() for w in self.waiters):
+            return  # answered meanwhile; the next wait arms again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:
+            self.timer = loop.call_at(self.deadline, self._expire)
+            return
+        self._fail(BackendError(f"backend did not answer within {self.timeout:g} s", "timeout"))
+
     def _fail(self, error: BackendError, close: bool = True) -> None:
         self.lost = True
+        self.disarm()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -173,6 +203,11 @@ class Relay:
         self.paused = False
         self._link: _Link | None = None
         self._xclient_done = False
+        #: the banner, EHLO and STARTTLS after :meth:`open`, while the client reads our banner
+        self._greeting: asyncio.Task[None] | None = None
+        #: content not yet written: it goes with the next command (the final dot) or at
+        #: :meth:`flush`, one write instead of one per chunk
+        self._pending: list[bytes] = []
 
     @property
     def connected(self) -> bool:
@@ -184,16 +219,36 @@ class Relay:
             self.on_pause(paused)
 
     async def connect(self) -> None:
+        await self.open()
+        await self.ready()
+
+    async def open(self) -> None:
+        """The TCP (or unix) connection; the backend's greeting goes on in a task of its own,
+        for :meth:`ready` (the client's turn to read our banner and answer overlaps it)."""
+        self.abort()
+        link = await self._open_link()
+        greeting = asyncio.ensure_future(self._greet(link))
+        greeting.add_done_callback(_retrieved)
+        self._greeting = greeting
+
+    async def ready(self) -> None:
+        """Wait for the greeting :meth:`open` began. :raises BackendError:"""
+        greeting, self._greeting = self._greeting, None
+        if greeting is not None:
+            await greeting
+        self._live()
+
+    async def _greet(self, link: _Link) -> None:
         try:
-            await self._connect(self.options.tls != "no")
+            await self._handshake(link, self.options.tls != "no")
         except BackendError as e:
             if e.kind != "tls" or self.options.tls != "opportunistic":
                 raise
             log.warning("%s; relaying in plaintext", e)
-            await self._connect(False)
+            await self._handshake(await self._open_link(), False)
 
-    async def _connect(self, tls: bool) -> None:
-        self.abort()
+    async def _open_link(self) -> _Link:
+        self._drop()
         self._xclient_done = False
         loop = asyncio.get_running_loop()
         kind, host, port = self.options.target
@@ -212,11 +267,17 @@ class Relay:
         if self.options.backend_client == "proxy" and self.client is not None:
             c = self.client
             self._write(proxyproto.encode_v2(c.ip, c.port, c.local_ip, c.local_port))
-        banner = await self._wait(link.expect(), self.options.timeout)
+        return link
+
+    async def _handshake(self, link: _Link, tls: bool) -> None:
+        banner = await self._wait(link, link.expect(), self.options.timeout)
         if banner.code != 220:
             self.abort()
             raise BackendError(f"backend greeted with {banner.code} {banner.text}", "refused")
-        await self._first_ehlo()
+        if tls or self.options.backend_client == "xclient":
+            # its keywords say whether XCLIENT and STARTTLS are there; otherwise nothing needs
+            # them before the client's own EHLO, which :meth:`hello` sends (a round trip less)
+            await self._first_ehlo()
         if tls:
             await self._starttls(link)
 
@@ -284,26 +345,48 @@ class Relay:
         link = self._live()
         waiter = link.expect()
         self._write(line)
-        return await self._wait(waiter, self.options.timeout)
+        return await self._wait(link, waiter, self.options.timeout)
 
     def send(self, data: bytes) -> None:
-        self._write(data)
+        self._live()
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        """Write the content :meth:`send` kept (the server calls it when it has read all it can)."""
+        if self._pending and self.connected:
+            self._write(b"")
 
     async def end_data(self) -> Reply:
         link = self._live()
         waiter = link.expect()
         self._write(b".\r\n")
-        return await self._wait(waiter, self.options.data_timeout)
+        return await self._wait(link, waiter, self.options.data_timeout)
 
     def abort(self) -> None:
+        greeting = self._greeting
+        if greeting is not None and greeting is not asyncio.current_task():
+            self._greeting = None  # (a greeting that fails aborts itself and keeps its error for ready())
+            greeting.cancel()
+        self._drop()
+
+    def _drop(self) -> None:
+        self._pending.clear()
         link, self._link = self._link, None
+        if link is not None:
+            link.disarm()
         if link is not None and link.transport is not None and not link.lost:
             link.lost = True
             link.transport.abort()
         self._paused(False)
 
     def quit(self) -> None:
+        greeting, self._greeting = self._greeting, None
+        if greeting is not None:
+            greeting.cancel()
+        self._pending.clear()
         link, self._link = self._link, None
+        if link is not None:
+            link.disarm()
         if link is not None and link.transport is not None and not link.lost:
             link.lost = True
             link.transport.write(encode_command("QUIT"))
@@ -318,11 +401,24 @@ class Relay:
     def _write(self, data: bytes) -> None:
         link = self._live()
         assert link.transport is not None
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
         link.transport.write(data)
 
-    async def _wait(self, waiter: asyncio.Future[Reply], timeout: float) -> Reply:
+    async def _wait(self, link: _Link, waiter: asyncio.Future[Reply], timeout: float) -> Reply:
+        if not waiter.done():
+            link.arm(timeout)
         try:
-            return await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            self.abort()
-            raise BackendError(f"backend did not answer within {timeout:g} s", "timeout") from None
+            return await waiter
+        except BackendError as e:
+            if e.kind == "timeout":
+                self.abort()
+            raise
+
+
+def _retrieved(greeting: asyncio.Future[None]) -> None:
+    """A greeting nobody waited for (the client left first) fails quietly."""
+    if not greeting.cancelled():
+        greeting.exception()

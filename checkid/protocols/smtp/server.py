@@ -2,7 +2,7 @@
 
 Commands are handled strictly in order, each once the one before it is answered, with no task
 per connection (a warm decision and a local reply complete at once; a backend round trip
-waits). Replies are batched: they go out in one write when the codec has nothing more ready
+waits, and the backend's reply resumes the session without a Task: :mod:`.drive`). Replies are batched: they go out in one write when the codec has nothing more ready
 (RFC 2920: a pipelined group's replies together). After a DATA command the codec waits until
 the session answered it, then reads content or commands. Reading pauses while a command
 waits, while unread input passes ``MAX_BUFFER``, and while the backend's write buffer is
@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkid.errors import ProtocolError
-from checkid.protocols import eager
 from checkid.protocols.base import Server, ServerState
 from checkid.protocols.decider import Decider
-from checkid.protocols.smtp import proxyproto, replies
+from checkid.protocols.smtp import drive, proxyproto, replies
 from checkid.protocols.smtp.codec import CommandParser, Mode, encode_reply
 from checkid.protocols.smtp.events import ClientEvent, Command, Reply
 from checkid.protocols.smtp.relay import ClientAddress, Relay, RelayOptions
@@ -111,7 +110,7 @@ class SmtpProtocol(Server):
         self.parser = CommandParser(max_size=s.max_message, bare_lf=s.bare_lf)
         self.session: SmtpSession | None = None
         self.relay: Relay | None = None
-        self.current: asyncio.Future[list[Reply]] | None = None
+        self.current: drive.Run[list[Reply]] | None = None
         self.out: list[Reply] = []
         self.proxy: proxyproto.ProxyParser | None = None
         self._proxy_deadline: float | None = None
@@ -182,13 +181,13 @@ class SmtpProtocol(Server):
 
     # -- the loop -------------------------------------------------------------------------
     def _start(self, coro: Coroutine[Any, Any, list[Reply]]) -> None:
-        handling = eager.start(coro)
+        handling = drive.start(coro)
         if handling.done():
             self._answer(None, handling)
             self.dispatch()
         else:
             self.current = handling
-            handling.add_done_callback(lambda h: self._handled(None, h))
+            handling.then = functools.partial(self._handled, None)
         self.flow.update()
 
     def dispatch(self) -> None:
@@ -207,23 +206,25 @@ class SmtpProtocol(Server):
                 return self.refuse(e)
             if event is None:
                 break
-            handling = eager.start(session.handle(event, now))
+            handling = drive.start(session.handle(event, now))
             if not handling.done():
                 self.current = handling
-                handling.add_done_callback(functools.partial(self._handled, event))
+                handling.then = functools.partial(self._handled, event)
                 break
             self._answer(event, handling)
+        if self.relay is not None:
+            self.relay.flush()
         if self.current is None or not self.parser.has_event:
             self._flush()
         self.flow.update()
 
-    def _handled(self, event: ClientEvent | None, handling: asyncio.Future[list[Reply]]) -> None:
+    def _handled(self, event: ClientEvent | None, handling: drive.Run[list[Reply]]) -> None:
         self.current = None
         if not handling.cancelled() and not self.closed:
             self._answer(event, handling)
             self.dispatch()
 
-    def _answer(self, event: ClientEvent | None, handling: asyncio.Future[list[Reply]]) -> None:
+    def _answer(self, event: ClientEvent | None, handling: drive.Run[list[Reply]]) -> None:
         error = handling.exception()
         if error is not None:
             self.internal_error(error, "internal error; closing")
@@ -250,9 +251,11 @@ class SmtpProtocol(Server):
             log.warning("%s: %d bytes pipelined after STARTTLS dropped (CVE-2011-0411)", self.peer, dropped)
             self.state.counts[("smtp_starttls_pipelined",)] += 1
         self._flush()
-        handshake: asyncio.Future[list[Reply]] = asyncio.ensure_future(self._handshake())
+        handshake = drive.start(self._handshake())
+        if handshake.done():  # (it always waits for the handshake)
+            return self._handled(None, handshake)
         self.current = handshake
-        handshake.add_done_callback(lambda h: self._handled(None, h))
+        handshake.then = functools.partial(self._handled, None)
 
     async def _handshake(self) -> list[Reply]:
         assert self.options.tls is not None and self.session is not None

@@ -174,15 +174,20 @@ class SmtpSession:
         return self.state in (State.MAIL, State.RCPT, State.DATA)
 
     async def open(self) -> list[Reply]:
-        """The greeting: the banner once the backend is there, else 421 and the end."""
+        """The greeting: the banner once the backend's connection is open, else 421 and the
+        end. The backend's own greeting is waited for at HELO/EHLO; if it fails, that gets
+        the 421."""
         try:
-            await self.backend.connect()
+            await self.backend.open()
         except BackendError as e:
-            log.warning("backend unreachable for %s: %s", self.conn.ip, e)
-            self.counts[("smtp_relay_errors", e.kind)] += 1
-            return self._close(replies.BACKEND_DOWN)
+            return self._backend_down(e)
         self.counts[("smtp_sessions",)] += 1
         return [replies.banner(self.options.hostname)]
+
+    def _backend_down(self, error: BackendError) -> list[Reply]:
+        log.warning("backend unreachable for %s: %s", self.conn.ip, error)
+        self.counts[("smtp_relay_errors", error.kind)] += 1
+        return self._close(replies.BACKEND_DOWN)
 
     def tls_started(self) -> None:
         """The TLS handshake after STARTTLS completed: back to the greeting, forgetting what
@@ -240,6 +245,10 @@ class SmtpSession:
             return self._error(replies.HELO_SYNTAX)
         if self.state is State.DATA:
             return self._error(replies.BAD_SEQUENCE)
+        try:
+            await self.backend.ready()
+        except BackendError as e:
+            return self._backend_down(e)
         reply = await self._backend_hello(helo)
         if not reply.positive:
             return [reply]

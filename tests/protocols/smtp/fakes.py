@@ -13,12 +13,15 @@ QUEUED = Reply(250, ("2.0.0 Ok: queued as 4XyZ12",))
 
 class FakeBackend:
     def __init__(self, extensions: dict[str, str] | None = None, replies: dict[str, Reply] | None = None,
-                 fail_connect: bool = False, fail_on: str = "") -> None:
+                 fail_connect: bool = False, fail_on: str = "",
+                 fail_greeting: bool = False) -> None:
         self.extensions = dict(POSTFIX_EHLO if extensions is None else extensions)
         self.replies = {"MAIL": Reply(250, ("2.1.0 Ok",)), "RCPT": Reply(250, ("2.1.5 Ok",)),
                         "DATA": Reply(354, ("End data with <CR><LF>.<CR><LF>",)), "RSET": Reply(250, ("2.0.0 Ok",)),
                         ".": QUEUED, **(replies or {})}
         self.fail_connect = fail_connect
+        #: the connection opens, then the banner (or the first EHLO) is a refusal
+        self.fail_greeting = fail_greeting
         self.fail_on = fail_on
         self.connected = False
         self.connects = 0
@@ -32,10 +35,19 @@ class FakeBackend:
         self.quits = 0
 
     async def connect(self) -> None:
+        await self.open()
+        await self.ready()
+
+    async def open(self) -> None:
         self.connects += 1
         if self.fail_connect:
             raise BackendError("connection refused", "connect")
         self.connected = True
+
+    async def ready(self) -> None:
+        if self.fail_greeting:
+            self.connected = False
+            raise BackendError("backend greeted with 554 go away", "refused")
 
     async def hello(self, helo: str) -> Reply:
         self._check("EHLO")

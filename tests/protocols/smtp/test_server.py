@@ -33,7 +33,7 @@ class Sink(asyncio.Protocol):
         self.mta.connections.append(self)
         if self.mta.paused:
             transport.pause_reading()
-        transport.write(b"220 mx.fake ESMTP\r\n")
+        transport.write(self.mta.banner + b"\r\n")
 
     def data_received(self, data):
         if self.broken_tls:
@@ -57,6 +57,8 @@ class Sink(asyncio.Protocol):
             del self.buf[:end + 2]
             self.lines.append(line)
             verb = line.split(b" ")[0].upper()
+            if verb in self.mta.silent:
+                continue
             if verb == b"EHLO":
                 keywords = [k for k in self.mta.keywords if not (self.tls and k == "STARTTLS")]
                 self.transport.write(b"".join(b"250-" + k.encode() + b"\r\n" for k in ["mx.fake"] + keywords[:-1])
@@ -93,7 +95,11 @@ class Sink(asyncio.Protocol):
 class FakeMta:
     """``tls``: the server context its STARTTLS uses (None: it answers 220, then plaintext)."""
 
-    def __init__(self, keywords: list[str] | None = None, tls=None) -> None:
+    def __init__(self, keywords: list[str] | None = None, tls=None, banner: bytes = b"220 mx.fake ESMTP",
+                 silent: tuple[bytes, ...] = ()) -> None:
+        #: its greeting line, and the verbs it never answers
+        self.banner = banner
+        self.silent = silent
         self.connections: list[Sink] = []
         self.messages: list[bytes] = []
         self.paused = False
@@ -251,6 +257,57 @@ def test_backend_unreachable_is_421():
     assert (reply.code, reply.xcode) == (421, "4.3.0") and tail == b""
 
 
+def test_backend_refusing_its_greeting_gets_the_client_421_at_ehlo_and_nothing_relayed():
+    """The client has the banner at once (the backend greets meanwhile); its EHLO waits for the
+    backend's greeting, and a refusal there is 421 4.3.0 and the end, as at the banner."""
+    async def go():
+        mta, door, port = await stack(Decider(), FakeMta(banner=b"554 5.3.2 not today"))
+        client = await SmtpClient.open(port)
+        out = await client.send(b"EHLO c.example\r\nMAIL FROM:<a@example.com>\r\n", 3)
+        tail = await client.reader.read()
+        client.close()
+        await door.stop()
+        mta.stop()
+        return mta, door, out, tail
+    mta, door, out, tail = run(go())
+    assert [(r.code, r.xcode) for r in out] == [(220, ""), (421, "4.3.0")] and tail == b""
+    assert door.state.counts[("smtp_relay_errors", "refused")] == 1
+    assert not any(line.startswith((b"EHLO", b"MAIL")) for line in mta.connections[0].lines)
+
+
+def test_without_xclient_the_backend_is_greeted_once_with_the_clients_helo():
+    async def go():
+        mta, door, port = await stack(Decider(), backend_client="none")
+        client = await SmtpClient.open(port)
+        await client.replies(1)
+        out = await client.send(b"EHLO client.example.com\r\nQUIT\r\n", 2)
+        client.close()
+        await door.stop()
+        mta.stop()
+        return mta, out
+    mta, out = run(go())
+    assert [r.code for r in out] == [250, 221]
+    assert mta.connections[0].lines[0] == b"EHLO client.example.com"
+    assert sum(line.startswith(b"EHLO") for line in mta.connections[0].lines) == 1
+
+
+def test_a_backend_silent_past_its_deadline_tempfails_the_message_and_nothing_is_queued():
+    async def go():
+        mta, door, port = await stack(Decider(), FakeMta(silent=(b"RCPT",)),
+                                      smtp=SmtpConfig(backend_timeout=0.05))
+        client = await SmtpClient.open(port)
+        await client.replies(1)
+        out = await client.send(b"EHLO c.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n", 3)
+        await until(lambda: mta.connections[0].closed, turns=1_000_000)
+        client.close()
+        await door.stop()
+        mta.stop()
+        return mta, door, out
+    mta, door, out = run(go())
+    assert [r.code for r in out] == [250, 250, 451]
+    assert door.state.counts[("smtp_relay_errors", "timeout")] == 1 and mta.messages == []
+
+
 def test_client_gone_mid_data_leaves_nothing_at_the_backend():
     async def go():
         mta, door, port = await stack(Decider())
@@ -306,6 +363,26 @@ def test_data_split_at_every_byte_arrives_whole():
         return mta, done
     mta, done = run(go())
     assert done.code == 250 and mta.messages[0].endswith(codec.dot_stuff(MESSAGE))
+
+
+def test_content_reaches_the_backend_as_it_arrives_before_the_final_dot():
+    """Content is written in one piece per read, not held back for the final dot."""
+    async def go():
+        mta, door, port = await stack(Decider())
+        client = await SmtpClient.open(port)
+        await client.replies(1)
+        await client.send(TRANSACTION, 5)
+        part = b"Subject: streamed\r\n\r\n" + (b"y" * 70 + b"\r\n") * 100
+        client.writer.write(part)
+        conn = mta.connections[0]
+        await until(lambda: conn.buf.endswith(part), turns=100_000)
+        (done,) = await client.send(b".\r\n", 1)
+        client.close()
+        await door.stop()
+        mta.stop()
+        return mta, done, part
+    mta, done, part = run(go())
+    assert done.code == 250 and mta.messages[0].endswith(part)
 
 
 def test_a_slow_backend_slows_the_client_and_the_message_still_arrives_whole():

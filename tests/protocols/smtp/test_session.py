@@ -89,6 +89,17 @@ def test_backend_unreachable_at_connect_is_421_and_the_end():
     assert client.session.closed
 
 
+def test_backend_refusing_its_greeting_is_421_and_the_end_at_the_clients_helo():
+    """The banner goes out once the connection is open; the backend's own greeting is
+    waited for at HELO/EHLO, where its refusal ends the session like an unreachable backend."""
+    for verb in ("EHLO", "HELO"):
+        client = Client(backend=FakeBackend(fail_greeting=True))
+        assert codes(client.greeting) == [220]
+        reply = client.say(f"{verb} client.example.com")
+        assert (reply.code, reply.xcode) == (421, "4.3.0") and client.session.closed
+        assert client.backend.helos == [] and client.session.counts[("smtp_relay_errors", "refused")] == 1
+
+
 # -- the ID extension ---------------------------------------------------------------------
 def test_id_after_ehlo_is_recorded_and_decided_with_never_forwarded():
     client = greeted()
