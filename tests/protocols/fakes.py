@@ -99,11 +99,20 @@ class Decider:
         self.waiting.clear()
 
 
+#: bound on waiting for a condition: only a failing test ever waits this long
+UNTIL_SECONDS = 30.0
+
+
 async def until(condition: Callable[[], object], turns: int = 1000) -> None:
-    """Let the loop run until ``condition()`` holds, for at most ``turns`` iterations (no wall
-    time: everything the fakes do completes in a few)."""
-    for _ in range(turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not reached in {turns} loop iterations")
+    """Let the loop run until ``condition()`` holds. The first ``turns`` iterations only yield
+    (the fakes complete in a few); after that each waits a millisecond, up to
+    ``UNTIL_SECONDS``: a count of loop turns alone could run out before real sockets deliver
+    on a busy machine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNTIL_SECONDS
+    n = 0
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached in {UNTIL_SECONDS:g} s ({n} loop iterations)")
+        n += 1
+        await asyncio.sleep(0 if n < turns else 0.001)
