@@ -17,7 +17,7 @@ from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, Regi
 from checkid.engine.checks.reputation import Score, score
 from checkid.engine.checks.spfcheck import SpfOutcome
 from checkid.engine.decision import Action, Decision, Envelope, Header
-from checkid.engine.result import Result
+from checkid.engine.result import SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain
@@ -210,7 +210,7 @@ class Context:
             out = [headers.authent(self.ip_text, self.identity, auth.method, auth.result.value,
                                    ",".join(map(str, ratings)))]
             if cfg.authentication_results:
-                spf = auth.spf.result.lower() if auth.spf is not None else None
+                spf = SPELLING[auth.spf.result] if auth.spf is not None else None
                 out.append(headers.authentication_results(self.services.authserv_id, spf, self.identity))
             if cfg.received_spf and auth.spf is not None and auth.spf.received_spf:
                 out.append(Header("Received-SPF:", auth.spf.received_spf))

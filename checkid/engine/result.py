@@ -6,7 +6,7 @@ import enum
 
 class Result(str, enum.Enum):
     """A method's result. The values are upper case (``Authent:`` and the decision's
-    per-method results show them so); ``result.lower()`` is the RFC 7208 / RFC 8601 spelling."""
+    per-method results show them so); :data:`SPELLING` holds the RFC 7208 / RFC 8601 ones."""
 
     PASS = "PASS"
     FAIL = "FAIL"
@@ -15,3 +15,7 @@ class Result(str, enum.Enum):
     NONE = "NONE"
     TEMPERROR = "TEMPERROR"
     PERMERROR = "PERMERROR"
+
+
+#: each result as RFC 7208 and RFC 8601 spell it (``spf=pass``), made once, not per decision
+SPELLING: dict[Result, str] = {r: r.value.lower() for r in Result}

@@ -50,7 +50,7 @@ class ServerState:
 
     def remove(self, connection: Server) -> None:
         if connection in self.connections:
-            self.connections.discard(connection)
+            self.connections.remove(connection)
             self.open[connection.front] -= 1
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)

@@ -30,7 +30,7 @@ import spf
 
 from checkid.engine.dns.cache import Cache
 from checkid.engine.dns.client import DnsAnswer, DnsClient, Outcome
-from checkid.engine.result import Result
+from checkid.engine.result import SPELLING, Result
 from checkid.engine.trace import Trace
 
 #: Each rerun resolves one more name; pyspf's own limits (10 lookups, 10 MX, 10 PTR, void
@@ -174,7 +174,7 @@ class SpfChecker:
         now = self.clock()
         cached: SpfOutcome | None = self.cache.get(generic, now) or self.cache.get(specific, now)
         if cached is not None and (cached.received_spf or not want_header):
-            self.counts[("spf_results", cached.result.lower())] += 1
+            self.counts[("spf_results", SPELLING[cached.result])] += 1
             if trace is not None:
                 trace.add("spf", f"{sender or helo} from {ip}: {cached.result.name} [cache]")
             return cached
@@ -198,7 +198,7 @@ class SpfChecker:
             session.error = True
         header = q.get_header(result, self.receiver) if want_header else ""
         outcome = SpfOutcome(Result(result.upper()), explanation, header)
-        self.counts[("spf_results", outcome.result.lower())] += 1
+        self.counts[("spf_results", SPELLING[outcome.result])] += 1
         if trace is not None:
             trace.add("spf", f"{sender or helo} from {ip}: {outcome.result.name} ({explanation})")
         if not session.error and outcome.result is not Result.TEMPERROR:
