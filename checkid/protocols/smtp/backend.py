@@ -53,8 +53,9 @@ class Backend(Protocol):
         :raises BackendError:"""
         ...
 
-    async def hello(self, helo: str) -> Reply:
-        """Pass on the client's HELO name (XCLIENT first when configured), by EHLO.
+    async def hello(self, helo: str, esmtp: bool = True) -> Reply:
+        """Pass on the client's HELO name (XCLIENT first when configured, with PROTO=SMTP after a
+        plain HELO), by EHLO.
         :raises BackendError:"""
         ...
 

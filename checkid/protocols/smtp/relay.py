@@ -264,9 +264,12 @@ class Relay:
             raise BackendError(f"cannot connect to {host}{f':{port}' if port else ''}: {e or 'timeout'}",
                                "connect") from None
         self._link = link
-        if self.options.backend_client == "proxy" and self.client is not None:
+        if self.options.backend_client == "proxy":
+            # one header on every connection (haproxy proxy-protocol.txt): LOCAL when the client
+            # has no address (a unix socket), so the backend still gets the header it waits for
             c = self.client
-            self._write(proxyproto.encode_v2(c.ip, c.port, c.local_ip, c.local_port))
+            self._write(proxyproto.encode_v2(c.ip, c.port, c.local_ip, c.local_port) if c is not None
+                        else proxyproto.encode_v2_local())
         return link
 
     async def _handshake(self, link: _Link, tls: bool) -> None:
@@ -320,11 +323,12 @@ class Relay:
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         await self._first_ehlo()
 
-    async def hello(self, helo: str) -> Reply:
+    async def hello(self, helo: str, esmtp: bool = True) -> Reply:
         if (self.options.backend_client == "xclient" and not self._xclient_done and self.client is not None
                 and "XCLIENT" in self.extensions):
             self._xclient_done = True  # once: after ADDR the backend no longer takes XCLIENT from us
-            attrs = {"ADDR": self.client.ip, "HELO": helo, "NAME": xclient.UNAVAILABLE, "PROTO": "ESMTP"}
+            attrs = {"ADDR": self.client.ip, "HELO": helo, "NAME": xclient.UNAVAILABLE,
+                     "PROTO": "ESMTP" if esmtp else "SMTP"}  # kept by the backend: say how the client greeted
             for line in xclient.xclient_commands(attrs, xclient.offered_attributes(self.extensions)):
                 reply = await self.command(line)
                 if reply.code != 220:  # carry on without it, as Haraka does

@@ -173,9 +173,9 @@ class SmtpProtocol(Server):
         if header.command == "LOCAL" or header.src_addr is None or header.src_port is None:
             self._begin(_address(peer, local))  # a health check (or no address): the real endpoints
         else:
-            own = _address(peer, local)
-            self._begin(ClientAddress(header.src_addr, header.src_port, own.local_ip if own else "127.0.0.1",
-                                      own.local_port if own else 0))
+            # the destination the client reached (the load balancer's), of the source's family
+            self._begin(ClientAddress(header.src_addr, header.src_port, header.dst_addr or header.src_addr,
+                                      header.dst_port or 0))
         if parser.remainder:
             self.parser.receive_data(parser.remainder)
 

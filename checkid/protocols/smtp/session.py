@@ -249,7 +249,7 @@ class SmtpSession:
             await self.backend.ready()
         except BackendError as e:
             return self._backend_down(e)
-        reply = await self._backend_hello(helo)
+        reply = await self._backend_hello(helo, esmtp)
         if not reply.positive:
             return [reply]
         self._end_transaction("aborted")
@@ -261,10 +261,10 @@ class SmtpSession:
             return [Reply(250, (self.options.hostname,))]
         return [replies.ehlo(self.options.hostname, helo, self._keywords())]
 
-    async def _backend_hello(self, helo: str) -> Reply:
+    async def _backend_hello(self, helo: str, esmtp: bool) -> Reply:
         if not self.backend.connected:
             await self.backend.connect()
-        return await self.backend.hello(helo)
+        return await self.backend.hello(helo, esmtp)
 
     def _keywords(self) -> list[str]:
         offered = self.backend.extensions
@@ -351,7 +351,10 @@ class SmtpSession:
         if not self.backend.connected:  # aborted after the last message: a new connection
             await self.backend.connect()
             if self.conn.helo:
-                await self.backend.hello(self.conn.helo)
+                greeted = await self.backend.hello(self.conn.helo, self.conn.esmtp)
+                if not greeted.positive:  # no MAIL on a half-greeted connection
+                    self._end_transaction(_refused(greeted))
+                    return [greeted]
         reply = await self.backend.command(encode_command("MAIL", cmd.arg))
         if reply.positive:
             self.state = State.MAIL

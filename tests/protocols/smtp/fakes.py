@@ -49,7 +49,7 @@ class FakeBackend:
             self.connected = False
             raise BackendError("backend greeted with 554 go away", "refused")
 
-    async def hello(self, helo: str) -> Reply:
+    async def hello(self, helo: str, esmtp: bool = True) -> Reply:
         self._check("EHLO")
         self.helos.append(helo)
         return self.replies.get("EHLO", Reply(250, ("mx.checkid.test",)))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 from checkid.config import Config, ListenConfig, SmtpConfig
 from checkid.protocols.base import ServerState
 from checkid.protocols.registry import protocol_factory
 from checkid.protocols.smtp import codec, proxyproto
+from checkid.protocols.smtp.relay import ClientAddress, Relay, RelayOptions
 from tests.conftest import run
 from tests.protocols.fakes import AUTHENT, REJECTED, Decider, until
 
@@ -226,6 +229,22 @@ def test_xclient_carries_the_client_address_and_helo():
     assert after == b"EHLO client.example.com"
 
 
+
+@pytest.mark.parametrize("greeting, proto", [(b"EHLO", b"PROTO=ESMTP"), (b"HELO", b"PROTO=SMTP")])
+def test_xclient_proto_says_how_the_client_greeted(greeting, proto):
+    """The backend keeps XCLIENT's PROTO (front-door.md §1.2): a HELO client is SMTP."""
+    async def go():
+        mta, door, port = await stack(Decider())
+        client = await SmtpClient.open(port)
+        await client.replies(1)
+        await client.send(greeting + b" client.example.com\r\nQUIT\r\n", 2)
+        client.close()
+        await door.stop()
+        mta.stop()
+        return mta.connections[0].lines
+    xclient = b" ".join(line for line in run(go()) if line.startswith(b"XCLIENT"))
+    assert proto in xclient
+
 def test_reject_reaches_the_client_and_nothing_reaches_the_backend():
     async def go():
         mta, door, port = await stack(Decider(REJECTED))
@@ -441,3 +460,35 @@ def test_inbound_proxy_from_elsewhere_is_refused_without_a_banner():
         return data, mta
     data, mta = run(go())
     assert data == b"" and mta.connections == []
+
+
+@pytest.mark.parametrize("client", [
+    ClientAddress("2001:db8::7", 40000, "2001:db8::25", 25),  # an IPv6 client behind an IPv4 hop
+    None,  # a unix-socket client: no address, still one header (LOCAL)
+])
+def test_relay_sends_one_proxy_header_of_the_clients_own_family_or_local(client):
+    async def go():
+        got = bytearray()
+        arrived = asyncio.Event()
+
+        async def backend(reader, writer):
+            got.extend(await reader.read(4096))
+            arrived.set()
+            writer.close()
+
+        server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        relay = Relay(RelayOptions(target=("tcp", "127.0.0.1", port), backend_client="proxy"), client)
+        await relay.open()
+        await asyncio.wait_for(arrived.wait(), 30)
+        relay.abort()
+        server.close()
+        parser = proxyproto.ProxyParser()
+        parser.receive_data(bytes(got))
+        return parser.header
+
+    header = run(go())
+    if client is None:
+        assert header.command == "LOCAL"
+    else:
+        assert (header.command, header.src_addr, header.dst_addr) == ("PROXY", client.ip, client.local_ip)
