@@ -33,6 +33,12 @@ class NullDecider:
     def recipient_class(self, rcpt: str) -> str:
         return ""
 
+    def forged_header(self, name: str, value: str) -> bool:
+        return False
+
+    def body_digest(self, headers: tuple[tuple[str, str], ...]) -> None:
+        return None
+
 
 def serve(protocol: str, sock: socket.socket) -> None:
     async def main() -> None:

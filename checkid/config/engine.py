@@ -1,5 +1,5 @@
 """The sections the decision engine reads: dns, registry, identity, prescreen, blacklist,
-reputation, policy and headers, each with the value checks its type cannot express.
+reputation, dkim, policy and headers, each with the value checks its type cannot express.
 
 Each section's ``check(path)`` raises :class:`ConfigError` naming the full key under ``path``
 (``dns.timeout: must be positive``); the conversion calls it for every section it builds.
@@ -118,6 +118,33 @@ class RegistryConfig:
 class IdentityConfig:
     #: where the identity comes from when no ``ID`` was declared, in order
     fallback: tuple[Literal["helo", "mail_from"], ...] = ("helo", "mail_from")
+    #: which fallback source is used: the first whose domain has a registry record (the
+    #: lookups go out together), or the first that is a valid domain name
+    select: Literal["first_with_record", "first_valid"] = "first_with_record"
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    """DKIM (RFC 6376, RFC 8463) at end of data."""
+
+    #: a signature's ``d=`` passes for an ID when it is the ID itself, or the ID or one of
+    #: its parents (``d=example.com`` for ID ``mail.example.com``)
+    match: Literal["exact", "parent"] = "parent"
+    #: bytes of body hashed at most; a signature that needs more is not verified (PERMERROR)
+    max_body: int = 10 * 1024 * 1024
+    #: RSA keys shorter than this fail (RFC 8301 §3.2)
+    min_key_bits: int = 1024
+    #: signatures verified per message at most (the first ones, top down); the rest are ignored
+    max_signatures: int = 8
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: a size or count out of range"""
+        if not 0 <= self.max_body <= 1 << 30:
+            raise ConfigError(f"{path}.max_body: must be 0 to 1 GiB")
+        if not 512 <= self.min_key_bits <= 16384:
+            raise ConfigError(f"{path}.min_key_bits: must be 512 to 16384")
+        if not 1 <= self.max_signatures <= 64:
+            raise ConfigError(f"{path}.max_signatures: must be 1 to 64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +195,16 @@ class HeadersConfig:
     received_spf: bool = False
     #: the authserv-id / receiver name; empty means this host's name
     authserv_id: str = ""
+    #: header fields a client may not bring: removed from every incoming message before it is
+    #: delivered (``Authentication-Results`` only when it names this site's authserv-id;
+    #: RFC 8601 §5)
+    remove: tuple[str, ...] = ("Authent", "Authentication-Results")
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: a header name that is not an RFC 5322 field name"""
+        for i, name in enumerate(self.remove):
+            if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
+                raise ConfigError(f"{path}.remove[{i}]: not a header field name: {name!r}")
 
 
 def _check_ipv4_keys(table: dict[str, str], path: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checkid.config.engine import (BlacklistConfig, DnsConfig, HeadersConfig, IdentityConfig, PolicyConfig,
+from checkid.config.engine import (BlacklistConfig, DkimConfig, DnsConfig, HeadersConfig, IdentityConfig, PolicyConfig,
                                    PrescreenConfig, RegistryConfig, ReputationConfig)
 from checkid.config.frontends import DEFAULT_LISTEN, ListenConfig, MilterConfig, PostfixPolicyConfig, SmtpConfig
 from checkid.config.runtime import CacheConfig, MetricsConfig, ServerConfig
@@ -29,6 +29,7 @@ class Config:
     prescreen: PrescreenConfig = PrescreenConfig()
     blacklist: BlacklistConfig = BlacklistConfig()
     reputation: ReputationConfig = ReputationConfig()
+    dkim: DkimConfig = DkimConfig()
     policy: PolicyConfig = PolicyConfig()
     headers: HeadersConfig = HeadersConfig()
 

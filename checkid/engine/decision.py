@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Action(str, enum.Enum):
@@ -33,6 +34,14 @@ class Header:
         return {"label": self.label, "text": self.text}
 
 
+class BodySink(Protocol):
+    """Where a front-end streams a message body as it arrives (CRLF line ends, dot-unstuffed),
+    instead of holding it: what :meth:`Engine.body_digest` returns (DKIM body hashes)."""
+
+    def update(self, chunk: bytes) -> None:
+        """The next bytes of the body."""
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What the MTA knows of one SMTP transaction when it asks."""
@@ -47,10 +56,15 @@ class Envelope:
     sender: str | None = None
     #: RCPT TO addresses
     rcpts: tuple[str, ...] = ()
-    #: message headers as (name, value) pairs, known at end of data
+    #: message headers as (name, value) pairs, known at end of data; the value is raw: all
+    #: after the colon (leading space included) up to the field's final line break, folding
+    #: kept (DKIM hashes it as sent)
     headers: tuple[tuple[str, str], ...] = ()
-    #: message body, known at end of data
-    body: bytes | None = None
+    #: message body, known at end of data: the bytes, or the sink a front-end streamed them to
+    body: bytes | BodySink | None = None
+    #: False when the caller cannot ask again at end of data (the policy protocol,
+    #: qmail-spp): methods that need the message are then skipped, never answered CONTINUE
+    message_follows: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from checkid.config import Config
-from checkid.engine import validate
+from checkid.engine import headers, validate
 from checkid.engine.checks import iplists
 from checkid.engine.checks.prescreen import IPScreen
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
 from checkid.engine.context import Context
-from checkid.engine.decision import Action, Decision, Envelope
+from checkid.engine.decision import Action, BodySink, Decision, Envelope
 from checkid.engine.dns.cache import Cache, MemoryCache
 from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
@@ -86,11 +86,26 @@ class Engine:
             authserv_id=authserv_id,
         )
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
+        self._remove = frozenset(n.lower() for n in config.headers.remove)
 
     def recipient_class(self, rcpt: str) -> str:
         """The class of ``rcpt`` ("" for most): recipients of one class share a decision,
         so a front-end may ask once for all of them."""
         return self.services.thresholds.key_for(rcpt)
+
+    def forged_header(self, name: str, value: str) -> bool:
+        """Whether an incoming message's header field is one a client may not bring
+        (``[headers] remove``; ``Authentication-Results`` only when it names this site)."""
+        key = name.strip().lower()
+        if key not in self._remove:
+            return False
+        if key == "authentication-results":
+            return headers.authserv_id_of(value) == self.services.authserv_id.lower()
+        return True
+
+    def body_digest(self, headers: tuple[tuple[str, str], ...]) -> BodySink | None:
+        """Where a front-end streams the body of a message whose end-of-data decision is due."""
+        return None
 
     async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
         """Decide one transaction. Never raises for bad input or a failing policy.

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from checkid.engine.decision import Decision, Envelope
+from checkid.engine.decision import BodySink, Decision, Envelope
 from checkid.engine.trace import Trace
 
 log = logging.getLogger("checkid.decision")
@@ -25,6 +25,17 @@ class Decider(Protocol):
 
     def recipient_class(self, rcpt: str) -> str:
         """The class of ``rcpt`` ("" for most): recipients of one class share a decision."""
+        ...
+
+    def forged_header(self, name: str, value: str) -> bool:
+        """Whether a header field of an incoming message must be removed before delivery
+        (an ``Authent:``, or an ``Authentication-Results`` naming this site)."""
+        ...
+
+    def body_digest(self, headers: tuple[tuple[str, str], ...]) -> BodySink | None:
+        """For a message whose end-of-data decision is due (the MAIL-time one said CONTINUE):
+        where to stream its body, given its headers; pass the sink as the envelope's body.
+        None when the body is not needed."""
         ...
 
 
