@@ -42,9 +42,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def envelope(IP: str | None = None, ID: str | None = None, H: str | None = None, S: str | None = None,
              R: Iterable[str] = (), Hdrs: Iterable[str | tuple[str, str]] = (),
              Body: str | bytes | None = None) -> Envelope:
-    """The :class:`Envelope` for the contract's arguments."""
+    """The :class:`Envelope` for the contract's arguments. A header given as ``"Name: value"``
+    keeps its value raw (leading space and folding; a final line break dropped): DKIM
+    hashes it as sent."""
     headers = tuple(
-        (h.partition(":")[0].strip(), h.partition(":")[2].strip()) if isinstance(h, str) else (h[0], h[1])
+        (h.partition(":")[0].strip(), h.partition(":")[2].removesuffix("\n").removesuffix("\r"))
+        if isinstance(h, str) else (h[0], h[1])
         for h in Hdrs
     )
     body = Body.encode("utf-8", "surrogateescape") if isinstance(Body, str) else Body
