@@ -19,6 +19,7 @@ from typing import Protocol
 from checkid.config import Config
 from checkid.engine import headers, validate
 from checkid.engine.checks import iplists
+from checkid.engine.checks.dkim import DkimVerifier
 from checkid.engine.checks.prescreen import IPScreen
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
@@ -81,6 +82,7 @@ class Engine:
                 config.blacklist.dnsbl, self.counts,
             ),
             spf=SpfChecker(dns, self.cache, clock, authserv_id, config.dns.max_ttl),
+            dkim=DkimVerifier(dns, config.dkim, self.counts),
             thresholds=RecipientThresholds.load(path) if path else RecipientThresholds(),
             counts=self.counts,
             authserv_id=authserv_id,
@@ -104,8 +106,9 @@ class Engine:
         return True
 
     def body_digest(self, headers: tuple[tuple[str, str], ...]) -> BodySink | None:
-        """Where a front-end streams the body of a message whose end-of-data decision is due."""
-        return None
+        """Where a front-end streams the body of a message whose end-of-data decision is due
+        (the DKIM body hashes its signatures need), None when no signature needs one."""
+        return self.services.dkim.body_digest(headers)
 
     async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
         """Decide one transaction. Never raises for bad input or a failing policy.
@@ -163,6 +166,7 @@ class Engine:
             if identity is None:
                 return bad_input(f"Invalid ID {env.id[:80]!r}: not a domain name")
             return Context(self.services, env, ip, identity, "id", trace)
+        candidates: list[tuple[str, str]] = []
         for source in self.config.identity.fallback:
             if source == "helo" and env.helo:
                 identity = validate.domain(env.helo)
@@ -170,6 +174,10 @@ class Engine:
                 identity = validate.address_domain(env.sender)
             else:
                 continue
-            if identity is not None:
-                return Context(self.services, env, ip, identity, source, trace)
-        return Context(self.services, env, ip, None, "none", trace)
+            if identity is not None and all(identity != known for _, known in candidates):
+                candidates.append((source, identity))
+        if not candidates:
+            return Context(self.services, env, ip, None, "none", trace)
+        # the first valid source until ctx.registry() picks the one with a record ([identity] select)
+        first_source, first = candidates[0]
+        return Context(self.services, env, ip, first, first_source, trace, tuple(candidates))

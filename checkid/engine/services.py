@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from checkid.config import Config
+from checkid.engine.checks.dkim import DkimVerifier
 from checkid.engine.checks.prescreen import IPScreen
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
@@ -24,6 +25,8 @@ class Services:
     #: the aggressive IP lists, for mail that did not authenticate
     blacklist: IPScreen
     spf: SpfChecker
+    #: DKIM: body hashes while a message streams in, and the signatures' verification
+    dkim: DkimVerifier
     #: the per-recipient threshold overrides
     thresholds: RecipientThresholds
     #: plain counters keyed ``(name, *labels)`` (checkid.runtime.metrics.COUNTERS)

@@ -9,16 +9,23 @@ break their contract (checkid.engine.policytables), is refused and the last good
 ``ctx.prescreen()``, ``ctx.registry()``, ``ctx.authenticate(record, METHOD_LIST)``,
 ``ctx.ratings(record)``, ``ctx.score(ratings, TRUSTED_SERVICES)``,
 ``ctx.thresholds(THRESHOLDS)``, ``ctx.blacklist()``; ``ctx.accept/filter/reject/
-tempfail/temperror(...)``.
+tempfail/temperror/continue_(...)``.
+
+DKIM needs the message: at MAIL time ``ctx.authenticate`` stops there with
+``auth.pending`` and the policy answers CONTINUE; the front-end asks again at end of data
+with the headers and the body, and the same flow decides.
 """
 from checkid.engine.policyapi import Auth, Context, Decision, RegistryOutcome, Result, Verdict
 
 #: method -> (preferred order, most DNS queries this site allows it). A method whose
 #: registry record needs more (``mth=SPF1+15``) is skipped. QR1 is the address check of
-#: the record's ip4=/ip6= blocks and costs no query.
+#: the record's ip4=/ip6= blocks and costs no query. CSV (CSA) checks the HELO name's
+#: SRV record and the target's address. DKIM runs at end of data, when the message is known.
 METHOD_LIST = {
     "QR1": (1, 0),
     "SPF1": (2, 10),
+    "CSV": (3, 2),
+    "DKIM": (4, 4),
 }
 
 #: rating service -> grade -> score (0..9), and the service's weight 'Wt'.
@@ -63,6 +70,8 @@ async def decide(ctx: Context) -> Decision:
     record = registry.record
 
     auth = await ctx.authenticate(record, METHOD_LIST)
+    if auth.pending:
+        return ctx.continue_("methods", auth)
     if auth.result is Result.PASS:
         ratings = await ctx.ratings(record)
         score = ctx.score(ratings, TRUSTED_SERVICES)

@@ -18,7 +18,7 @@ DEFAULT_SOURCE = policy.DEFAULT_PATH.read_text()
 
 def test_default_policy_loads_with_its_tables():
     p = policy.load(policy.DEFAULT_PATH)
-    assert set(p.module.METHOD_LIST) == {"QR1", "SPF1"}
+    assert set(p.module.METHOD_LIST) == {"QR1", "SPF1", "CSV", "DKIM"}
     assert "S1" in p.module.TRUSTED_SERVICES
 
 

@@ -50,7 +50,8 @@ class Outcome(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
     outcome: Outcome
-    #: A/AAAA: address text; TXT: tuple of bytes chunks; MX: (preference, exchange); PTR: name
+    #: A/AAAA: address text; TXT: tuple of bytes chunks; MX: (preference, exchange); SRV:
+    #: (priority, weight, port, target), target ``"."`` for the root; PTR: name
     records: tuple[Any, ...] = ()
     #: seconds the answer may be cached (0 for errors)
     ttl: int = 0
@@ -108,7 +109,7 @@ class DnsClient:
 
     async def resolve(self, name: str, rdtype: str, trace: Trace | None = None,
                       alongside: tuple[tuple[str, str], ...] = ()) -> DnsAnswer:
-        """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``PTR``).
+        """Look up ``name``/``rdtype`` (``A``, ``AAAA``, ``TXT``, ``MX``, ``SRV``, ``PTR``).
 
         On a cache miss, the lookups in ``alongside`` (name, type) start too (see
         :meth:`prefetch`): answers the caller will likely need next arrive in the same round
@@ -258,6 +259,8 @@ def _value(rdtype: str, rd: Any) -> Any:
         return tuple(rd.strings)
     if rdtype == "MX":
         return (rd.preference, rd.exchange.to_text(omit_final_dot=True))
+    if rdtype == "SRV":  # a plain tuple, like MX, so that the shared cache's codec holds it
+        return (rd.priority, rd.weight, rd.port, rd.target.to_text(omit_final_dot=True))
     if rdtype in ("PTR", "CNAME"):
         return rd.target.to_text(omit_final_dot=True)
     return rd.to_text()
