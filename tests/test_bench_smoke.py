@@ -34,6 +34,10 @@ def test_run_all_smoke_writes_the_report_and_the_plot(tmp_path):
         assert set(rows) == names, protocol
         assert all(int(cells[7]) == 0 and int(cells[2].replace(",", "")) > 0 for cells in rows.values()), table
     assert "Worker RSS after the run: checkid" in report
+    # DKIM: every body kind, size and signature count verified, and the stall measured
+    dkim = report.split("## DKIM at end of data (issue 12)\n")[1]
+    assert dkim.count("\n| text | ") == dkim.count("\n| base64 | ") == 6
+    assert dkim.count("\n| text: ") == dkim.count("\n| base64: ") == 3
 
 
 def test_load_generator_drives_each_front_end_and_counts_upstream_queries(dns):
