@@ -292,7 +292,7 @@ class Context:
         """No verdict yet: the front-end asks again at end of data (``auth.pending``). No
         headers: they come with the final decision."""
         return Decision(Action.CONTINUE, 250, "", _one_line(text), (), stage, "pending",
-                        tuple((m, r.value) for m, r in auth.results))
+                        tuple((m, r.value) for m, r in auth.results), self.identity or "", self.identity_source)
 
     def temperror(self, stage: str, auth: Auth = NO_AUTH, ratings: tuple[Rating, ...] = ()) -> Decision:
         """A DNS temporary error: TEMPFAIL, or fail open to the spam filter, as configured."""
@@ -316,8 +316,7 @@ class Context:
                 out.append(Header("Received-SPF:", auth.spf.received_spf))
             hdrs = tuple(Header(h.label, _one_line(h.text)) for h in out)
         return Decision(action, code, xcode, _one_line(text), hdrs, stage, reason or _REASON[auth.result],
-                        tuple((m, r.value) for m, r in auth.results))
-
+                        tuple((m, r.value) for m, r in auth.results), self.identity or "", self.identity_source)
 
     def _reports(self, auth: Auth) -> list[headers.MethodReport]:
         """One ``Authentication-Results`` clause per method that ran; DKIM one per signature."""

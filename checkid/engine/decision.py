@@ -82,6 +82,10 @@ class Decision:
     reason: str = ""
     #: per-method results, e.g. (("SPF1", "PASS"),)
     results: tuple[tuple[str, str], ...] = field(default=())
+    #: the identity the registry was asked about ("" for none) and where it came from
+    #: (``id``, ``helo``, ``mail_from``, ``none``; "" for bad input, refused before either)
+    identity: str = ""
+    identity_source: str = ""
 
     def as_tuple(self) -> tuple[str, tuple[int, str, str], list[dict[str, str]]]:
         """The ``checkID`` contract: ``(action, (code, xcode, text), headers)``."""

@@ -49,8 +49,10 @@ async def timed_decide(decider: Decider, envelope: Envelope, front: str, queue_i
     start = clock()
     decision = await decider.decide(envelope, frontend=front)
     if log.isEnabledFor(logging.INFO):
-        log.info("%s queue_id=%s ip=%s id=%s helo=%s from=<%s> action=%s code=%s %s stage=%s latency_ms=%.2f",
+        log.info("%s queue_id=%s ip=%s id=%s helo=%s from=<%s> identity=%s identity_from=%s action=%s code=%s %s "
+                 "stage=%s latency_ms=%.2f",
                  front, queue_id or "-", envelope.ip, envelope.id or "-", envelope.helo or "-",
-                 envelope.sender or "", decision.action.value, decision.code, decision.xcode or "-",
-                 decision.stage, (clock() - start) * 1000)
+                 envelope.sender or "", decision.identity or "-", decision.identity_source or "-",
+                 decision.action.value, decision.code, decision.xcode or "-", decision.stage,
+                 (clock() - start) * 1000)
     return decision

@@ -80,6 +80,7 @@ def test_identity_is_the_first_fallback_with_a_record(make_engine, dns):
     assert dns.count("mail.example.com.registry.test", "TXT") == 1
     assert dns.count("example.com.registry.test", "TXT") == 1
     assert ("identity", "example.com (from mail_from); no record for mail.example.com (helo)") in trace.lines
+    assert (d.identity, d.identity_source) == ("example.com", "mail_from")
 
 
 def test_the_candidates_registry_lookups_go_out_together(make_engine, dns):

@@ -2,6 +2,7 @@
 logs one line per decision with its latency."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -33,15 +34,16 @@ TRANSACTIONS = {
 
 def test_timed_decide_logs_one_line_with_the_latency(caplog):
     ticks = iter([10.0, 10.0025])
-    decider = Decider(REJECTED)
+    decided = dataclasses.replace(REJECTED, identity="example.net", identity_source="helo")
+    decider = Decider(decided)
     with caplog.at_level(logging.INFO, logger="checkid.decision"):
         decision = run(timed_decide(decider, Envelope("192.0.2.1", None, "example.net", "a@example.net"),
                                     "policy", "4QX1", clock=lambda: next(ticks)))
-    assert decision == REJECTED and decider.fronts == ["policy"]
+    assert decision == decided and decider.fronts == ["policy"]
     (record,) = caplog.records
     line = record.getMessage()
     assert line.startswith("policy queue_id=4QX1 ip=192.0.2.1 id=- helo=example.net from=<a@example.net> "
-                           "action=REJECT code=550 5.7.1")
+                           "identity=example.net identity_from=helo action=REJECT code=550 5.7.1")
     assert line.endswith("latency_ms=2.50")
 
 
