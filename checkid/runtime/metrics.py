@@ -50,6 +50,12 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                             ("side", "result")),
     "smtp_starttls_pipelined": ("STARTTLS commands with plaintext pipelined behind them, dropped "
                                 "(CVE-2011-0411)", ()),
+    "forged_headers_removed": ("Header fields a client may not bring ([headers] remove) deleted from incoming "
+                               "messages, by front-end", ("frontend",)),
+    "forged_headers_kept": ("Forged header fields that could not be deleted (the milter was not granted "
+                            "header changes), by front-end", ("frontend",)),
+    "dkim_signatures": ("DKIM signatures verified, by result", ("result",)),
+    "dkim_signatures_ignored": ("DKIM signatures past [dkim] max_signatures, not verified", ()),
 }
 
 #: 50 µs to 10 s

@@ -63,20 +63,54 @@ def connect(protocol: asyncio.Protocol) -> FakeTransport:
     return transport
 
 
+class RecordingSink:
+    """A body sink that keeps the chunks it is given, in order."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.append(bytes(chunk))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def forged_authent(name: str, value: str) -> bool:
+    """A forged-header rule like the engine's: any ``Authent``, and ``Authentication-Results``
+    naming ``mx.checkid.test`` (its first word)."""
+    key = name.strip().lower()
+    if key == "authent":
+        return True
+    words = value.split(";", 1)[0].split()
+    return key == "authentication-results" and bool(words) and words[0].lower() == "mx.checkid.test"
+
+
 class Decider:
     """Only what a front-end may call (no counts, thresholds or connection state): answers
     ``decisions`` in turn (the last one again when they run out), at once or, with
-    ``hold``, when :meth:`release` is called."""
+    ``hold``, when :meth:`release` is called. ``forged`` is the forged-header rule (none is
+    forged by default); :meth:`body_digest` hands out a :class:`RecordingSink` (none with
+    ``sinks=False``) and records the headers it was given."""
 
-    __slots__ = ("decisions", "envelopes", "fronts", "hold", "waiting", "classes")
+    __slots__ = ("decisions", "envelopes", "fronts", "hold", "waiting", "classes", "forged", "asked", "sinks",
+                 "digests")
 
-    def __init__(self, *decisions: Decision, hold: bool = False, classes: dict[str, str] | None = None) -> None:
+    def __init__(self, *decisions: Decision, hold: bool = False, classes: dict[str, str] | None = None,
+                 forged: Callable[[str, str], bool] | None = None, sinks: bool = True) -> None:
         self.decisions = list(decisions or (ACCEPTED,))
         self.envelopes: list[Envelope] = []
         self.fronts: list[str] = []
         self.hold = hold
         self.waiting: list[asyncio.Future[None]] = []
         self.classes = classes or {}
+        self.forged = forged or (lambda name, value: False)
+        #: every (name, value) forged_header was asked about
+        self.asked: list[tuple[str, str]] = []
+        self.sinks = sinks
+        #: (headers, sink) per body_digest call
+        self.digests: list[tuple[tuple[tuple[str, str], ...], RecordingSink | None]] = []
 
     async def decide(self, envelope: Envelope, trace: object = None, frontend: str = "inprocess") -> Decision:
         self.envelopes.append(envelope)
@@ -90,6 +124,15 @@ class Decider:
 
     def recipient_class(self, rcpt: str) -> str:
         return self.classes.get(rcpt, "")
+
+    def forged_header(self, name: str, value: str) -> bool:
+        self.asked.append((name, value))
+        return self.forged(name, value)
+
+    def body_digest(self, headers: tuple[tuple[str, str], ...]) -> RecordingSink | None:
+        sink = RecordingSink() if self.sinks else None
+        self.digests.append((headers, sink))
+        return sink
 
     def release(self) -> None:
         """Let every decision held so far complete."""

@@ -209,7 +209,7 @@ def test_shutdown_closes_a_milter_connection_after_its_message_ends():
 
     after_mail, at_eom, closed, aborted = run(go())
     assert after_mail == ([CONTINUE], False)  # in a message: the connection stays for its end
-    assert at_eom == [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT] and closed and not aborted
+    assert at_eom == [InsertHeader(0, "Authent", " " + AUTHENT.text), ACCEPT] and closed and not aborted
 
 
 def test_shutdown_of_a_milter_connection_waits_for_a_pending_rejection_then_closes():

@@ -58,16 +58,22 @@ def envelope_verdict(decision: Decision) -> Response:
     return CONTINUE
 
 
-def end_of_message(decision: Decision, can_add_headers: bool, quarantine: str = "") -> list[Response]:
-    """Modifications, then exactly one verdict, for end of message."""
+def end_of_message(decision: Decision, can_add_headers: bool, quarantine: str = "",
+                   leading_space: bool = False) -> list[Response]:
+    """Modifications, then exactly one verdict, for end of message.
+
+    :param leading_space: ``HDR_LEADSPC`` was negotiated: the MTA writes a value as given,
+        so it carries the space after the colon itself (Postfix milter8.c ``MILTER8_HDR_SPACE``)
+    """
     if decision.action in (Action.REJECT, Action.TEMPFAIL):
         return [reply_code(decision)]
     if decision.action is Action.DISCARD:
         return [DISCARD]
     out: list[Response] = []
+    space = " " if leading_space else ""
     if can_add_headers:
         # index 0 is the very top; inserting in reverse keeps the contract's order
-        out += [InsertHeader(0, h.label.rstrip(":"), fold(h.label.rstrip(":"), h.text))
+        out += [InsertHeader(0, h.label.rstrip(":"), space + fold(h.label.rstrip(":"), h.text))
                 for h in reversed(decision.headers)]
     if decision.action is Action.FILTER:
         if quarantine:

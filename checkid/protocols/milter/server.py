@@ -35,7 +35,7 @@ class MilterProtocol(Server):
     def __init__(self, decider: Decider, state: ServerState, options: MilterOptions,
                  idle_timeout: float = 600.0) -> None:
         super().__init__(state, FRONT, idle_timeout)
-        self.session = MilterSession(decider, options, FRONT)
+        self.session = MilterSession(decider, options, FRONT, state.counts)
         self.parser = CommandParser()
         #: the command being handled, while it waits (for a decision)
         self.current: asyncio.Future[list[Response]] | None = None

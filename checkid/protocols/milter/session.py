@@ -14,35 +14,59 @@ send. The server arms the loop's timer; this module does no I/O.
 The identity is the HELO name: an SMTP ``ID`` verb cannot succeed through a milter
 (§6). When the MTA passes one to UNKNOWN anyway (Sendmail sends the whole line), its
 argument is recorded as the declared ID and the MTA rejects the verb as usual.
+
+Header values are kept raw, as DKIM hashes them (§8.1): ``HDR_LEADSPC`` is negotiated when
+offered (Postfix does), so a value arrives with its leading space; without it the MTA ate
+one space and it is put back. Every header is asked :meth:`Decider.forged_header`; the
+forged ones are deleted (``CHGHEADER`` with an empty value, by their 1-based index among the
+message's headers of that name) at end of message of every message that goes through,
+before checkid's own headers are inserted, so the indexes are those of the message as
+received. When the end-of-message decision is due, the body is streamed into the sink
+:meth:`Decider.body_digest` gives at end of headers; it is never held here.
+
+Counted in ``counts``: ``("forged_headers_removed", front)`` per header deleted and
+``("forged_headers_kept", front)`` per one the MTA did not let us delete (no ``CHGHDRS``).
 """
 from __future__ import annotations
 
 import enum
+import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from checkid.engine.decision import Action, Decision, Envelope
+from checkid.engine.decision import Action, BodySink, Decision, Envelope
 from checkid.errors import ProtocolError
 from checkid.protocols.decider import Decider, timed_decide
 from checkid.protocols.milter import replies
-from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, Command, Connect, Data,
-                                             EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo, Macro, Mail,
-                                             OptNeg, OptNegReply, Proto, Quit, QuitNoClose, Rcpt, Response, Stage,
-                                             Unknown)
+from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, ChangeHeader, Command,
+                                             Connect, Data, EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo,
+                                             Macro, Mail, OptNeg, OptNegReply, Proto, Quit, QuitNoClose, Rcpt,
+                                             Response, Stage, Unknown)
 
-#: what checkid may do to a message: insert its headers; quarantine FILTERed mail if configured
-WANTED_ACTIONS = Flag.ADDHDRS | Flag.QUARANTINE | Flag.SETSYMLIST
+log = logging.getLogger(__name__)
+
+#: what checkid may do to a message: insert its headers, delete forged ones; quarantine
+#: FILTERed mail if configured
+WANTED_ACTIONS = Flag.ADDHDRS | Flag.CHGHDRS | Flag.QUARANTINE | Flag.SETSYMLIST
 #: steps whose reply would only ever be CONTINUE: asked not to be answered (fewer round trips)
 NO_REPLY = (Proto.NR_CONN | Proto.NR_HELO | Proto.NR_DATA | Proto.NR_HDR | Proto.NR_EOH | Proto.NR_BODY
             | Proto.NR_UNKN)
+#: protocol bits asked for when offered: the no-reply steps, and header values with their
+#: leading space (DKIM hashes ``c=simple`` headers exactly)
+WANTED_PROTOCOL = NO_REPLY | Proto.HDR_LEADSPC
 #: macros asked for with the OPTNEG macro-list extension
 MACROS = ((Stage.CONNECT, "j {client_addr}"), (Stage.ENVFROM, "i {mail_addr}"), (Stage.ENVRCPT, "i"),
           (Stage.DATA, "i"), (Stage.EOM, "i"))
-#: what a message may hold for a decision at end of message
+#: headers of a message kept for the decision at end of message (the body is streamed to
+#: the engine's sink, never held): Postfix's header_size_limit is 100 KiB per header, and a
+#: message with more than a thousand headers is not one anybody wants verified
 MAX_HEADERS = 1000
 MAX_HEADER_BYTES = 1024 * 1024
-MAX_BODY = 1024 * 1024
+#: forged headers remembered for deletion per message (each is one CHGHEADER at the end);
+#: past it the rest are kept and counted as such
+MAX_FORGED = 1000
 
 
 class State(enum.Enum):
@@ -79,16 +103,27 @@ class Transaction:
     decision: Decision | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     header_bytes: int = 0
-    body: bytearray = field(default_factory=bytearray)
+    #: headers seen so far by lower-case name (all of them, also those not kept)
+    seen: Counter[str] = field(default_factory=Counter)
+    #: the forged headers to delete: (name, 1-based index among the headers of that name)
+    forged: list[tuple[str, int]] = field(default_factory=list)
+    #: where the body goes when the end-of-message decision needs it (asked at end of headers)
+    sink: BodySink | None = None
+    #: the end-of-message decision is due (asked for the sink at end of headers)
+    content_due: bool = False
 
 
 class MilterSession:
     """Answers one MTA connection's commands in order."""
 
-    def __init__(self, decider: Decider, options: MilterOptions, front: str = "milter") -> None:
+    def __init__(self, decider: Decider, options: MilterOptions, front: str = "milter",
+                 counts: Counter[tuple[str, ...]] | None = None) -> None:
         self.decider = decider
         self.options = options
         self.front = front
+        self.counts: Counter[tuple[str, ...]] = Counter() if counts is None else counts
+        #: the MTA refused CHGHDRS and that was logged (once per connection)
+        self._warned_chghdrs = False
         self.state = State.NEGOTIATE
         self.actions = 0
         self.protocol = 0
@@ -147,7 +182,7 @@ class MilterSession:
         self.actions = WANTED_ACTIONS & cmd.actions if cmd.actions else Flag.ADDHDRS | Flag.QUARANTINE
         if not self.options.quarantine:
             self.actions &= ~Flag.QUARANTINE
-        self.protocol = NO_REPLY & cmd.protocol if cmd.version >= 6 else 0
+        self.protocol = WANTED_PROTOCOL & cmd.protocol if cmd.version >= 6 else 0
         self.state = State.READY
         macros = MACROS if self.actions & Flag.SETSYMLIST else ()
         return [OptNegReply(min(cmd.version, VERSION), int(self.actions), int(self.protocol), macros)]
@@ -217,43 +252,81 @@ class MilterSession:
         return self._reply(Proto.NR_DATA)
 
     async def _on_header(self, cmd: HeaderField) -> list[Response]:
-        size = len(cmd.name) + len(cmd.value)
-        if len(self.tx.headers) < MAX_HEADERS and self.tx.header_bytes + size <= MAX_HEADER_BYTES:
-            self.tx.headers.append((cmd.name, cmd.value))
-            self.tx.header_bytes += size
+        tx = self.tx
+        # raw, as DKIM hashes it: without HDR_LEADSPC the MTA ate one space after the colon
+        value = cmd.value if self.protocol & Proto.HDR_LEADSPC else " " + cmd.value
+        key = cmd.name.lower()
+        tx.seen[key] += 1
+        if self.decider.forged_header(cmd.name, value):
+            if len(tx.forged) < MAX_FORGED:
+                tx.forged.append((cmd.name, tx.seen[key]))
+            else:
+                self.counts[("forged_headers_kept", self.front)] += 1
+        size = len(cmd.name) + len(value)
+        if len(tx.headers) < MAX_HEADERS and tx.header_bytes + size <= MAX_HEADER_BYTES:
+            tx.headers.append((cmd.name, value))
+            tx.header_bytes += size
         return self._reply(Proto.NR_HDR)
 
     async def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:
+        tx = self.tx
+        if self.conn.ip is not None and (tx.decision is None or tx.decision.action is Action.CONTINUE):
+            tx.content_due = True
+            tx.sink = self.decider.body_digest(tuple(tx.headers))
         return self._reply(Proto.NR_EOH)
 
     async def _on_body(self, cmd: Body) -> list[Response]:
-        room = MAX_BODY - len(self.tx.body)
-        if room > 0:
-            self.tx.body += cmd.chunk[:room]
+        if self.tx.sink is not None:
+            self.tx.sink.update(cmd.chunk)
         return self._reply(Proto.NR_BODY)
 
     async def _on_eom(self, cmd: EndOfMessage) -> list[Response]:
         tx, self.tx = self.tx, Transaction()
-        if cmd.chunk:
-            tx.body += cmd.chunk[:max(0, MAX_BODY - len(tx.body))]
+        if cmd.chunk and tx.sink is not None:
+            tx.sink.update(cmd.chunk)
         if self.conn.ip is None:
-            return [CONTINUE]
+            return [*self._deletions(tx), CONTINUE]
         decision = tx.decision
         if decision is None or decision.action is Action.CONTINUE:  # ask again, with the content
+            if not tx.content_due:  # no end of headers came (or no header): the sink is asked now
+                tx.sink = self.decider.body_digest(tuple(tx.headers))
             self._progress_at = self._now + self.options.progress_interval
             try:
-                decision = await self._decided(self._envelope(tx))
+                decision = await self._decided(self._envelope(tx, body=tx.sink if tx.sink is not None else b""))
             finally:
                 self._progress_at = None
-        return replies.end_of_message(decision, bool(self.actions & Flag.ADDHDRS),
-                                      self.options.quarantine if self.actions & Flag.QUARANTINE else "")
+        out = replies.end_of_message(decision, bool(self.actions & Flag.ADDHDRS),
+                                     self.options.quarantine if self.actions & Flag.QUARANTINE else "",
+                                     bool(self.protocol & Proto.HDR_LEADSPC))
+        if decision.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
+            return out
+        return [*self._deletions(tx), *out]
+
+    def _deletions(self, tx: Transaction) -> list[Response]:
+        """The CHGHEADERs deleting the message's forged headers. The highest index of a name
+        goes first: an MTA that renumbers after a deletion (Sendmail skips deleted headers
+        when it counts) still finds the others where they were."""
+        if not tx.forged:
+            return []
+        if not self.actions & Flag.CHGHDRS:
+            self.counts[("forged_headers_kept", self.front)] += len(tx.forged)
+            if not self._warned_chghdrs:
+                self._warned_chghdrs = True
+                log.warning("the MTA did not grant header changes (SMFIF_CHGHDRS): forged %s headers are "
+                            "delivered", ", ".join(sorted({name for name, _ in tx.forged})))
+            return []
+        self.counts[("forged_headers_removed", self.front)] += len(tx.forged)
+        return [ChangeHeader(index, name, "") for name, index in sorted(tx.forged, key=lambda f: -f[1])]
 
     # -- helpers ------------------------------------------------------------------------
-    def _envelope(self, tx: Transaction | None = None, rcpts: tuple[str, ...] | None = None) -> Envelope:
+    def _envelope(self, tx: Transaction | None = None, rcpts: tuple[str, ...] | None = None,
+                  body: bytes | BodySink | None = None) -> Envelope:
+        """The transaction as the engine sees it; ``body`` (and the headers) only at end of
+        message."""
         tx = tx or self.tx
         return Envelope(ip=self.conn.ip, id=self.conn.declared_id, helo=self.conn.helo, sender=tx.sender,
-                        rcpts=rcpts if rcpts is not None else tuple(tx.rcpts), headers=tuple(tx.headers),
-                        body=bytes(tx.body) if tx.body or tx.headers else None)
+                        rcpts=rcpts if rcpts is not None else tuple(tx.rcpts),
+                        headers=tuple(tx.headers) if body is not None else (), body=body)
 
     async def _decided(self, env: Envelope) -> Decision:
         return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""))

@@ -30,7 +30,9 @@ class PolicyOptions:
 
 
 def envelope(request: Request) -> Envelope:
-    """The engine's view of a policy request (no ID: the HELO name is the fallback)."""
+    """The engine's view of a policy request (no ID: the HELO name is the fallback). A policy
+    request never carries the message, not even at END-OF-MESSAGE, and no later one will:
+    methods that need it are skipped (``message_follows=False``), never answered CONTINUE."""
     rcpt = request.get("recipient", "")
     return Envelope(
         ip=request.get("client_address") or None,
@@ -38,6 +40,7 @@ def envelope(request: Request) -> Envelope:
         helo=request.get("helo_name") or None,
         sender=request.get("sender", ""),
         rcpts=(rcpt,) if rcpt else (),
+        message_follows=False,
     )
 
 

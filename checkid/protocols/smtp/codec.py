@@ -248,25 +248,6 @@ def encode_data(content: bytes) -> bytes:
     return dot_stuff(content) + b".\r\n"
 
 
-def split_message(content: bytes, max_headers: int = 1000) -> tuple[tuple[tuple[str, str], ...], bytes]:
-    """The header fields (unfolded, at most ``max_headers``) and the body of a message's
-    first bytes (RFC 5322 §2.1: the header section ends at the first empty line)."""
-    head, sep, body = content.partition(b"\r\n\r\n")
-    if not sep and not content.startswith(b"\r\n"):
-        head, body = content, b""
-    elif content.startswith(b"\r\n"):
-        head, body = b"", content[2:]
-    fields: list[tuple[str, str]] = []
-    for line in head.decode("utf-8", "surrogateescape").split("\r\n"):
-        if line[:1] in (" ", "\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, f"{value} {line.strip()}")
-        elif ":" in line and len(fields) < max_headers:
-            name, _, value = line.partition(":")
-            fields.append((name.strip(), value.strip()))
-    return tuple(fields), body
-
-
 def encode_command(verb: str, arg: str = "") -> bytes:
     """One command line. :raises ValueError: a CR or LF inside (it would be two commands)"""
     line = f"{verb} {arg}" if arg else verb

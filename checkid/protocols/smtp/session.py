@@ -26,15 +26,22 @@ this module does no I/O; time comes in as ``now``, wall time for ``Received:`` a
 
 Decisions: at MAIL (IP, ID, HELO, sender), before the MAIL goes to the backend; at RCPT for
 recipients with their own thresholds, before the RCPT goes; at end of data when MAIL said
-CONTINUE, with the headers and the (bounded) body, before the final dot. A refusal at end of
+CONTINUE, with the headers and the body, before the final dot. A refusal at end of
 data, a DISCARD and a content error abort the backend connection without the final dot
 (nothing queued; reference/front-door.md §1.1); the next transaction opens a new one. While
 an end-of-data decision is due, content is held (up to ``hold``) so that its headers can still
 be prepended; a longer message streams, and that decision's headers are logged, not added.
 
+Every message's content passes a :class:`~checkid.protocols.smtp.headerfilter.HeaderFilter`
+on its way to the backend: the header fields :meth:`Decider.forged_header` calls forged
+never reach it, whether the message is held or streams. When an end-of-data decision is due,
+the body is streamed, as it arrives, into the sink :meth:`Decider.body_digest` gives at the
+end of the header section; only the header fields are kept (bounded) for the decision.
+
 Counted in ``counts`` (the server's :class:`~checkid.protocols.base.ServerState` counters):
 ``("smtp_sessions",)``, ``("smtp_transactions", outcome)`` once per MAIL (relayed, rejected,
-tempfailed, discarded, aborted), ``("smtp_relay_errors", kind)`` and ``("smtp_relayed_bytes",)``.
+tempfailed, discarded, aborted), ``("smtp_relay_errors", kind)``, ``("smtp_relayed_bytes",)``
+and ``("forged_headers_removed", front)``.
 """
 from __future__ import annotations
 
@@ -47,14 +54,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from checkid.engine import validate
-from checkid.engine.decision import Action, Decision, Envelope
+from checkid.engine.decision import Action, BodySink, Decision, Envelope
 from checkid.errors import CheckidError
 from checkid.protocols.decider import Decider, timed_decide
 from checkid.protocols.smtp import replies
 from checkid.protocols.smtp.backend import Backend, BackendClient, BackendError
-from checkid.protocols.smtp.codec import MAX_MESSAGE, BareLf, dot_stuff, encode_command, split_message
+from checkid.protocols.smtp.codec import MAX_MESSAGE, BareLf, dot_stuff, encode_command
 from checkid.protocols.smtp.events import (BadLine, ClientEvent, Command, DataChunk, DataError, EndOfData,
                                            Reply)
+from checkid.protocols.smtp.headerfilter import HeaderFilter
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +140,14 @@ class Transaction:
     discard: bool = False
     #: content held for an end-of-data decision (None: streaming)
     held: bytearray | None = None
-    #: the first bytes of content, for the end-of-data decision
-    seen: bytearray = field(default_factory=bytearray)
+    #: the content's forged header fields taken out, and its fields collected (from DATA on)
+    filter: HeaderFilter | None = None
+    #: forged fields of this message counted so far
+    removed: int = 0
+    #: the body sink was asked for (at the end of the header section, when a decision is due)
+    digest_asked: bool = False
+    #: where the body goes for the end-of-data decision (None: not wanted)
+    sink: BodySink | None = None
     #: a content error: the message is refused at its end
     error: str = ""
 
@@ -392,6 +406,7 @@ class SmtpSession:
         if reply.code != 354:
             return [reply]
         self.state = State.DATA
+        self.tx.filter = HeaderFilter(self.decider.forged_header)
         decision = self.tx.decision
         if decision is not None and decision.action is Action.CONTINUE:
             self.tx.held = bytearray()
@@ -413,11 +428,25 @@ class SmtpSession:
 
     def _content(self, data: bytes) -> None:
         tx = self.tx
-        if self.state is not State.DATA or tx.error or tx.discard:
+        if self.state is not State.DATA or tx.error or tx.discard or tx.filter is None:
             return
-        decision = tx.decision
-        if decision is not None and decision.action is Action.CONTINUE and len(tx.seen) < self.options.hold:
-            tx.seen += data[:self.options.hold - len(tx.seen)]
+        self._filtered(tx, tx.filter, *tx.filter.feed(data))
+
+    def _filtered(self, tx: Transaction, filtered: HeaderFilter, head: bytes, body: bytes) -> None:
+        """Content past the header filter: counted, the body to the sink, all to the backend."""
+        if filtered.removed > tx.removed:
+            self.counts[("forged_headers_removed", self.front)] += filtered.removed - tx.removed
+            tx.removed = filtered.removed
+        if filtered.in_body and not tx.digest_asked and _decision_due(tx):
+            tx.digest_asked = True
+            tx.sink = self.decider.body_digest(tuple(filtered.headers))
+        if body and tx.sink is not None:
+            tx.sink.update(body)
+        data = head + body if head else body
+        if data:
+            self._relay_content(tx, data)
+
+    def _relay_content(self, tx: Transaction, data: bytes) -> None:
         if tx.held is not None:
             tx.held += data
             if len(tx.held) <= self.options.hold:
@@ -445,10 +474,16 @@ class SmtpSession:
             self._log(tx, "discarded")
             self._count("discarded")
             return [replies.QUEUED_NOWHERE]
+        headers: tuple[tuple[str, str], ...] = ()
+        if tx.filter is not None:  # set at DATA's 354
+            self._filtered(tx, tx.filter, *tx.filter.end())
+            headers = tuple(tx.filter.headers)
         decision = tx.decision
         if decision is not None and decision.action is Action.CONTINUE:
-            headers, body = split_message(bytes(tx.seen))
-            decision = await self._decided(self._envelope(tx, headers=headers, body=body))
+            if not tx.digest_asked:  # all header, no body: the sink is asked now
+                tx.sink = self.decider.body_digest(headers)
+            decision = await self._decided(self._envelope(tx, headers=headers,
+                                                          body=tx.sink if tx.sink is not None else b""))
             if decision.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
                 self.backend.abort()
                 self._log(tx, decision.action.value.lower())
@@ -521,7 +556,7 @@ class SmtpSession:
         return [replies.BACKEND_LOST]
 
     def _envelope(self, tx: Transaction | None = None, rcpts: tuple[str, ...] | None = None,
-                  headers: tuple[tuple[str, str], ...] = (), body: bytes | None = None) -> Envelope:
+                  headers: tuple[tuple[str, str], ...] = (), body: bytes | BodySink | None = None) -> Envelope:
         tx = tx or self.tx
         return Envelope(ip=self.conn.ip, id=self.conn.declared_id, helo=self.conn.helo, sender=tx.sender,
                         rcpts=rcpts if rcpts is not None else tuple(tx.rcpts), headers=headers, body=body)
@@ -545,6 +580,11 @@ _ANY = frozenset(State) - {State.CLOSED, State.TLS}
 #: an end-of-data decision that ends the transaction -> its ``smtp_transactions`` outcome
 _OUTCOMES = {Action.REJECT: "rejected", Action.TEMPFAIL: "tempfailed", Action.DISCARD: "discarded"}
 _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d{1,20})(?=\s|$)")
+
+
+def _decision_due(tx: Transaction) -> bool:
+    """Whether the transaction's decision is still to be made at end of data."""
+    return tx.decision is not None and tx.decision.action is Action.CONTINUE
 
 
 def _refused(reply: Reply) -> str:

@@ -6,14 +6,15 @@ import pytest
 from checkid.engine.decision import Action, Decision
 from checkid.errors import ProtocolError
 from checkid.protocols import eager
-from checkid.protocols.milter.events import (ACCEPT, CONTINUE, DISCARD, PROGRESS, Abort, Body, Connect, Data,
+from checkid.protocols.milter.events import (ACCEPT, CONTINUE, DISCARD, PROGRESS, Abort, Body, ChangeHeader,
+                                             Connect, Data,
                                              EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo, InsertHeader,
                                              Macro, Mail, OptNeg, OptNegReply, Proto, Quarantine, Quit, QuitNoClose,
                                              Rcpt, ReplyCode, Unknown)
 from checkid.protocols.milter.replies import fold
 from checkid.protocols.milter.session import MilterOptions, MilterSession
 from tests.conftest import run
-from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider
+from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider, forged_authent
 
 OFFER = OptNeg(6, 0x1FF, 0x1FFFFF)
 
@@ -33,8 +34,9 @@ SMTP = [OFFER, Macro(b"C", (("{client_addr}", "192.0.2.1"),)), Connect("mx.examp
 def test_negotiation_takes_only_offered_bits_and_asks_for_macros():
     (reply,), _ = play(Decider(ACCEPTED), OFFER)
     assert isinstance(reply[0], OptNegReply) and reply[0].version == 6
-    assert reply[0].actions == Flag.ADDHDRS | Flag.SETSYMLIST
+    assert reply[0].actions == Flag.ADDHDRS | Flag.CHGHDRS | Flag.SETSYMLIST
     assert reply[0].protocol & ~0x1FFFFF == 0 and reply[0].protocol & Proto.NR_HDR
+    assert reply[0].protocol & Proto.HDR_LEADSPC
     assert dict(reply[0].macros)[0] == "j {client_addr}"
     (old,), _ = play(Decider(ACCEPTED), OptNeg(2, 0x3F, 0x7F))  # a v2 MTA: no v6 bits, no macro lists
     assert (old[0].version, old[0].protocol, old[0].macros) == (2, 0, ())
@@ -48,7 +50,7 @@ def test_an_accepted_message_gets_the_headers_on_top_then_accept():
                           Rcpt(("<bob@example.org>",)), Data(), HeaderField("Subject", "hi\n\tthere"), EndOfHeaders(),
                           Body(b"hello\r\n"), EndOfMessage())
     assert replies_ == [replies_[0], [], [], [], [CONTINUE], [CONTINUE], [], [], [], [],
-                        [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT]]
+                        [InsertHeader(0, "Authent", " " + AUTHENT.text), ACCEPT]]
     (env,) = decider.envelopes  # decided once, at MAIL, on the HELO identity
     assert (env.ip, env.id, env.helo, env.sender, env.rcpts) == ("192.0.2.1", None, "example.com",
                                                                  "alice@example.com", ())
@@ -67,7 +69,7 @@ def test_several_messages_abort_and_rset_do_not_desync():
     assert [r for r in replies_[4:]] == [
         [CONTINUE], [CONTINUE], [], [], [ReplyCode("550 5.7.1 Sending MTA '192.0.2.1' not authorized by "
                                                    "'example.net'")], [], [], [CONTINUE], [CONTINUE], [],
-        [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT], [], []]
+        [InsertHeader(0, "Authent", " " + AUTHENT.text), ACCEPT], [], []]
     assert [e.sender for e in decider.envelopes] == ["a@example.com", "c@example.com", ""]
 
 
@@ -114,11 +116,12 @@ def test_content_decision_when_the_engine_says_continue():
     later = Decision(Action.FILTER, 250, "", "ok", (AUTHENT,))
     decider = Decider(Decision(Action.CONTINUE, 250, "", "Continue"), later)
     replies_, _ = play(decider, *SMTP, Mail(("<a@example.com>",)), Rcpt(("<b@example.org>",)), Data(),
-                          HeaderField("From", "a@example.com"), EndOfHeaders(), Body(b"x" * 10), EndOfMessage())
-    assert replies_[-1] == [InsertHeader(0, "Authent", AUTHENT.text), CONTINUE]
+                          HeaderField("From", " a@example.com"), EndOfHeaders(), Body(b"x" * 10), EndOfMessage())
+    assert replies_[-1] == [InsertHeader(0, "Authent", " " + AUTHENT.text), CONTINUE]
     final = decider.envelopes[-1]
-    assert final.rcpts == ("b@example.org",) and final.headers == (("From", "a@example.com"),)
-    assert final.body == b"x" * 10
+    assert final.rcpts == ("b@example.org",) and final.headers == (("From", " a@example.com"),)
+    ((headers, sink),) = decider.digests
+    assert final.body is sink and headers == final.headers and sink.data == b"x" * 10
 
 
 def test_filter_quarantines_when_configured_and_negotiated():
@@ -170,3 +173,148 @@ def test_header_folding_at_78_columns():
     assert folded.replace("\n\t", " ") == text  # unfolding gives the text back
     word = "ratings=" + ",".join(f"S{i}:A" for i in range(30))  # no space to fold at: kept whole
     assert fold("Authent", f"192.0.2.1 example.com SPF1 PASS {word}") == f"192.0.2.1 example.com SPF1 PASS\n\t{word}"
+
+
+# -- raw header values, forged headers, the body sink ------------------------------------------
+NO_LEADSPC = OptNeg(6, 0x1FF, 0x1FFFFF & ~Proto.HDR_LEADSPC)
+CONTINUED = Decision(Action.CONTINUE, 250, "", "Continue")
+
+
+def message(*headers, body=(b"hello\r\n",)):
+    return [Mail(("<a@example.com>",)), Rcpt(("<b@example.org>",)), Data(),
+            *(HeaderField(n, v) for n, v in headers), EndOfHeaders(), *(Body(b) for b in body), EndOfMessage()]
+
+
+def test_with_leadspc_values_arrive_raw_and_inserted_values_carry_their_space():
+    decider = Decider(CONTINUED, ACCEPTED)
+    replies_, session = play(decider, *SMTP, *message(("Subject", " hi\n\tthere"), ("X-Tight", "no-space")))
+    assert session.protocol & Proto.HDR_LEADSPC
+    assert decider.asked == [("Subject", " hi\n\tthere"), ("X-Tight", "no-space")]
+    assert decider.envelopes[-1].headers == (("Subject", " hi\n\tthere"), ("X-Tight", "no-space"))
+    assert replies_[-1] == [InsertHeader(0, "Authent", " " + AUTHENT.text), ACCEPT]
+
+
+def test_without_leadspc_the_space_the_mta_ate_is_put_back_and_inserts_carry_none():
+    decider = Decider(CONTINUED, ACCEPTED)
+    replies_, session = play(decider, NO_LEADSPC, *SMTP[1:], *message(("Subject", "hi\n\tthere")))
+    assert not session.protocol & Proto.HDR_LEADSPC
+    assert decider.asked == [("Subject", " hi\n\tthere")]
+    assert decider.envelopes[-1].headers == (("Subject", " hi\n\tthere"),)
+    assert decider.digests[0][0] == (("Subject", " hi\n\tthere"),)
+    assert replies_[-1] == [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT]
+
+
+FORGED_MESSAGE = (("Authentication-Results", " mx.checkid.test; spf=pass smtp.mailfrom=example.com"),
+                  ("authentication-results", " other.example; dkim=pass header.d=example.com"),
+                  ("Subject", " hi"),
+                  ("AUTHENTICATION-RESULTS", " mx.checkid.test; none"),
+                  ("Authent", " 192.0.2.1 example.com SPF1 PASS"))
+
+
+@pytest.mark.parametrize("verdict", [ACCEPTED, Decision(Action.FILTER, 250, "", "ok", (AUTHENT,)),
+                                     Decision(Action.CONTINUE, 250, "", "no opinion", (AUTHENT,))])
+def test_forged_headers_are_deleted_by_index_before_checkids_own_are_inserted(verdict):
+    decider = Decider(verdict, forged=forged_authent)
+    replies_, session = play(decider, *SMTP, *message(*FORGED_MESSAGE))
+    eom = replies_[-1]
+    deletions = [r for r in eom if isinstance(r, ChangeHeader)]
+    # ours are the 1st and the 3rd Authentication-Results (names counted case-insensitively)
+    # and the Authent; the foreign one (2nd) stays
+    assert sorted((d.name.lower(), d.index, d.value) for d in deletions) == [
+        ("authent", 1, ""), ("authentication-results", 1, ""), ("authentication-results", 3, "")]
+    assert eom[:len(deletions)] == deletions  # before any insert: indexes of the message as received
+    assert InsertHeader(0, "Authent", " " + AUTHENT.text) in eom[len(deletions):]
+    same_name = [d.index for d in deletions if d.name.lower() == "authentication-results"]
+    assert same_name == sorted(same_name, reverse=True)  # the last first: renumbering cannot shift them
+    assert session.counts[("forged_headers_removed", "milter")] == 3
+
+
+def test_every_message_that_goes_through_loses_its_forged_headers_and_refused_ones_get_no_edits():
+    forged = (("Authent", " fake"),)
+    # several messages on one connection: each counts its own headers from 1
+    decider = Decider(ACCEPTED, forged=forged_authent)
+    replies_, _ = play(decider, *SMTP, *message(*forged), Abort(), *message(*forged, ("Authent", " two")))
+    eoms = [r for r in replies_ if r and r[-1] == ACCEPT]
+    assert [[r for r in eom if isinstance(r, ChangeHeader)] for eom in eoms] == [
+        [ChangeHeader(1, "Authent", "")], [ChangeHeader(2, "Authent", ""), ChangeHeader(1, "Authent", "")]]
+    # a refusal at end of message: no edits, one verdict
+    decider = Decider(CONTINUED, REJECTED, forged=forged_authent)
+    replies_, _ = play(decider, *SMTP, *message(*forged))
+    assert replies_[-1] == [ReplyCode("550 5.7.1 Sending MTA '192.0.2.1' not authorized by 'example.net'")]
+    # a local connection is not judged, but its forged headers go too
+    decider = Decider(REJECTED, forged=forged_authent)
+    replies_, _ = play(decider, OFFER, Connect("localhost", "L", 0, "/run/sock"), Helo("x"), *message(*forged))
+    assert replies_[-1] == [ChangeHeader(1, "Authent", ""), CONTINUE] and decider.envelopes == []
+
+
+def test_without_chghdrs_granted_forged_headers_stay_counted_and_logged_once(caplog):
+    decider = Decider(ACCEPTED, forged=forged_authent)
+    offer = OptNeg(6, 0x1FF & ~Flag.CHGHDRS, 0x1FFFFF)
+    with caplog.at_level("WARNING", logger="checkid.protocols.milter.session"):
+        replies_, session = play(decider, offer, *SMTP[1:], *message(("Authent", " a")),
+                                 *message(("Authent", " b"), ("Authent", " c")))
+    assert not replies_[0][0].actions & Flag.CHGHDRS
+    assert not any(isinstance(r, ChangeHeader) for rs in replies_ for r in rs)
+    assert session.counts[("forged_headers_kept", "milter")] == 3
+    assert not session.counts[("forged_headers_removed", "milter")]
+    assert len([r for r in caplog.records if "SMFIF_CHGHDRS" in r.getMessage()]) == 1
+
+
+def test_body_chunks_reach_the_sink_in_order_and_the_eom_envelope_carries_it():
+    decider = Decider(CONTINUED, ACCEPTED)
+    cmds = message(("From", " a@example.com"), body=(b"one\r\n", b"two\r\n"))
+    cmds[-1] = EndOfMessage(b"three\r\n")  # libmilter's last chunk
+    play(decider, *SMTP, *cmds)
+    ((headers, sink),) = decider.digests
+    assert headers == (("From", " a@example.com"),)
+    assert sink.chunks == [b"one\r\n", b"two\r\n", b"three\r\n"]
+    assert decider.envelopes[-1].body is sink
+
+
+def test_no_sink_is_asked_when_the_decision_at_mail_stands_and_none_means_an_empty_body():
+    decider = Decider(ACCEPTED)
+    play(decider, *SMTP, *message(("From", " a@example.com")))
+    assert decider.digests == [] and len(decider.envelopes) == 1
+    decider = Decider(CONTINUED, ACCEPTED, sinks=False)  # the engine needs no body
+    play(decider, *SMTP, *message(("From", " a@example.com")))
+    assert decider.envelopes[-1].body == b"" and decider.envelopes[-1].headers == (("From", " a@example.com"),)
+    decider = Decider(CONTINUED, ACCEPTED)  # no end of headers: the sink is asked at end of message
+    play(decider, *SMTP, Mail(("<a@example.com>",)), EndOfMessage())
+    assert decider.digests == [((), decider.envelopes[-1].body)]
+
+
+def test_the_body_is_streamed_not_held():
+    import tracemalloc
+
+    class Counting:
+        total = 0
+
+        def update(self, chunk):
+            Counting.total += len(chunk)
+
+    class Streaming(Decider):
+        __slots__ = ()
+
+        def body_digest(self, headers):
+            return Counting()  # a sink that keeps nothing
+
+    decider = Streaming(CONTINUED, ACCEPTED)
+    chunk = b"x" * 65533 + b"\r\n"  # Postfix fills each BODY packet to 65535 bytes
+    n = 64  # 4 MiB of body
+
+    async def go():
+        session = MilterSession(decider, MilterOptions())
+        for cmd in (*SMTP, Mail(("<a@example.com>",)), EndOfHeaders()):
+            await session.handle(cmd, now=0.0)
+        tracemalloc.start()
+        try:
+            for _ in range(n):
+                await session.handle(Body(chunk), now=0.0)
+            await session.handle(EndOfMessage(), now=0.0)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak = run(go())
+    assert Counting.total == n * len(chunk)
+    assert peak < 1024 * 1024  # far less than the 4 MiB that went through

@@ -75,3 +75,11 @@ def test_decide_at_another_stage():
 def test_not_a_policy_request_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="not a policy request"):
         answers(Decider(ACCEPT), {"protocol_state": "RCPT"})
+
+
+@pytest.mark.parametrize("state", ["RCPT", "END-OF-MESSAGE"])
+def test_no_message_follows_a_policy_request_not_even_at_end_of_message(state):
+    decider = Decider(ACCEPT)
+    answers(decider, req(state), options=PolicyOptions(decide_at=state))
+    (envelope,) = decider.envelopes
+    assert envelope.message_follows is False and envelope.body is None and envelope.headers == ()

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from checkid.engine.decision import Action, Decision, Header
 from checkid.protocols.smtp import codec
 from checkid.protocols.smtp.events import Reply
 from checkid.protocols.smtp.session import SmtpOptions, SmtpSession, State
 from checkid.runtime.metrics import COUNTERS
-from tests.conftest import run
-from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider
+from tests.conftest import run, split
+from tests.protocols.fakes import ACCEPTED, AUTHENT, REJECTED, Decider, forged_authent
 from tests.protocols.smtp.fakes import QUEUED, FakeBackend
 
 CONTINUED = Decision(Action.CONTINUE, 250, "", "no verdict yet", (), "methods")
@@ -207,8 +209,10 @@ def test_continue_decides_again_at_end_of_data_with_headers_and_body_then_prepen
                           + codec.encode_data(MESSAGE))
     assert codes(replies) == [250, 250, 354, 250]
     last = decider.envelopes[-1]
-    assert last.headers == (("Subject", "hello"), ("From", "a@example.com"))
-    assert last.body == b".dot line\r\nbody\r\n"  # the body as it is, not as the wire stuffs it
+    assert last.headers == (("Subject", " hello"), ("From", " a@example.com"))  # raw, as DKIM hashes them
+    ((headers, sink),) = decider.digests  # asked at the end of the header section
+    assert headers == last.headers and last.body is sink
+    assert sink.data == b".dot line\r\nbody\r\n"  # the body as it is, not as the wire stuffs it
     assert last.rcpts == ("b@example.org",)
     assert client.backend.messages == [b"Authent: " + AUTHENT.text.encode() + b"\r\n" + codec.dot_stuff(MESSAGE)]
 
@@ -233,7 +237,7 @@ def test_a_long_message_under_continue_streams_and_the_end_decision_cannot_add_h
     client.send(big[:20])
     client.send(big[20:] + b".\r\n")
     assert client.backend.messages == [big]
-    assert len(client.decider.envelopes[-1].body) <= 100
+    assert client.decider.envelopes[-1].body.data == big[len(b"Subject: big\r\n\r\n"):]  # all of it, streamed
 
 
 def test_backend_refusals_reach_the_client_with_the_backends_code_and_text():
@@ -429,3 +433,71 @@ def test_backend_refusals_and_failures_are_counted_by_kind():
     assert transactions(lost) == {"tempfailed": 1} and lost.session.counts[("smtp_relay_errors", "lost")] == 1
     down = Client(backend=FakeBackend(fail_connect=True))
     assert down.session.counts[("smtp_relay_errors", "connect")] == 1 and not down.session.counts[("smtp_sessions",)]
+
+
+# -- forged header fields and the body sink ------------------------------------------------------
+FORGED = (b"Authentication-Results: mx.checkid.test;\r\n\tspf=pass smtp.mailfrom=example.com\r\n"
+          b"Received: from x by y; Tue, 1 Dec 2026 20:00:00 +0000\r\n"
+          b"Authentication-Results: other.example; dkim=pass\r\n"
+          b"Authent: 192.0.2.1 example.com SPF1 PASS\r\n"
+          b"Subject: hello\r\n\r\n"
+          b".dot line\r\nAuthent: body text, untouched\r\n")
+CLEAN = (b"Received: from x by y; Tue, 1 Dec 2026 20:00:00 +0000\r\n"
+         b"Authentication-Results: other.example; dkim=pass\r\n"
+         b"Subject: hello\r\n\r\n"
+         b".dot line\r\nAuthent: body text, untouched\r\n")
+TRANSACTION = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+
+
+@pytest.mark.parametrize("decisions, options, ip, on_top", [
+    ((ACCEPTED,), SmtpOptions(), "192.0.2.1", b"Authent: " + AUTHENT.text.encode() + b"\r\n"),  # streams
+    ((CONTINUED, ACCEPTED), SmtpOptions(), "192.0.2.1", b"Authent: " + AUTHENT.text.encode() + b"\r\n"),  # held
+    ((CONTINUED, ACCEPTED), SmtpOptions(hold=40), "192.0.2.1", b""),  # too long to hold: streams
+    ((ACCEPTED,), SmtpOptions(), None, b""),  # no client address: not decided, still filtered
+])
+def test_forged_fields_never_reach_the_backend_held_or_streamed(decisions, options, ip, on_top):
+    client = greeted(decider=Decider(*decisions, forged=forged_authent), options=options, ip=ip)
+    wire = TRANSACTION + codec.encode_data(FORGED)
+    for i in range(0, len(wire), 17):  # as a client's segments arrive
+        client.send(wire[i:i + 17])
+    assert client.backend.messages == [on_top + codec.dot_stuff(CLEAN)]
+    assert client.session.counts[("forged_headers_removed", "smtp")] == 2
+    assert all(name in COUNTERS and len(labels) == len(COUNTERS[name][1]) for name, *labels in client.session.counts)
+
+
+def test_the_end_of_data_decision_sees_the_message_as_it_came():
+    decider = Decider(CONTINUED, ACCEPTED, forged=forged_authent)
+    client = greeted(decider=decider)
+    client.send(TRANSACTION + codec.encode_data(FORGED))
+    last = decider.envelopes[-1]
+    assert [name for name, _ in last.headers] == ["Authentication-Results", "Received", "Authentication-Results",
+                                                  "Authent", "Subject"]
+    assert last.headers[0][1] == " mx.checkid.test;\r\n\tspf=pass smtp.mailfrom=example.com"
+    assert last.body.data == b".dot line\r\nAuthent: body text, untouched\r\n"
+
+
+@given(st.lists(st.integers(min_value=0), max_size=12))
+@settings(max_examples=40, deadline=None)
+def test_the_sink_gets_exactly_the_body_for_any_split_of_the_input(cuts):
+    decider = Decider(CONTINUED, ACCEPTED, forged=forged_authent)
+    client = greeted(decider=decider)
+    client.send(TRANSACTION)
+    for chunk in split(codec.encode_data(FORGED), cuts):
+        client.send(chunk)
+    ((headers, sink),) = decider.digests
+    assert sink.data == FORGED.split(b"\r\n\r\n", 1)[1]  # after the blank line, dot-unstuffed
+    assert decider.envelopes[-1].body is sink and len(headers) == 5
+    assert client.backend.messages == [b"Authent: " + AUTHENT.text.encode() + b"\r\n" + codec.dot_stuff(CLEAN)]
+
+
+def test_a_message_of_headers_only_gets_an_empty_sink_and_no_sink_means_an_empty_body():
+    decider = Decider(CONTINUED, ACCEPTED)
+    greeted(decider=decider).send(TRANSACTION + codec.encode_data(b"Subject: only\r\n"))
+    assert decider.digests == [((("Subject", " only"),), decider.envelopes[-1].body)]
+    assert decider.envelopes[-1].body.data == b""
+    decider = Decider(CONTINUED, ACCEPTED, sinks=False)
+    greeted(decider=decider).send(TRANSACTION + codec.encode_data(MESSAGE))
+    assert decider.envelopes[-1].body == b"" and decider.envelopes[-1].headers[0] == ("Subject", " hello")
+    decider = Decider(ACCEPTED)  # the decision at MAIL stands: no sink is asked for
+    greeted(decider=decider).send(TRANSACTION + codec.encode_data(MESSAGE))
+    assert decider.digests == []
