@@ -199,6 +199,9 @@ class HeadersConfig:
     #: delivered (``Authentication-Results`` only when it names this site's authserv-id;
     #: RFC 8601 §5)
     remove: tuple[str, ...] = ("Authent", "Authentication-Results")
+    #: other authserv-ids of this site (the fleet's other hosts, other milters'): an incoming
+    #: ``Authentication-Results`` naming one of them is removed too
+    site_ids: tuple[str, ...] = ()
 
     def check(self, path: str) -> None:
         """:raises ConfigError: a header name that is not an RFC 5322 field name"""

@@ -89,6 +89,8 @@ class Engine:
         )
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
         self._remove = frozenset(n.lower() for n in config.headers.remove)
+        #: the authserv-ids that are this site's; "" (none can be read) fails closed
+        self._site_ids = frozenset(i.lower() for i in ("", authserv_id, *config.headers.site_ids))
 
     def recipient_class(self, rcpt: str) -> str:
         """The class of ``rcpt`` ("" for most): recipients of one class share a decision,
@@ -97,12 +99,13 @@ class Engine:
 
     def forged_header(self, name: str, value: str) -> bool:
         """Whether an incoming message's header field is one a client may not bring
-        (``[headers] remove``; ``Authentication-Results`` only when it names this site)."""
+        (``[headers] remove``; ``Authentication-Results`` only when it names this site:
+        ``authserv_id`` or one of ``site_ids``)."""
         key = name.strip().lower()
         if key not in self._remove:
             return False
         if key == "authentication-results":
-            return headers.authserv_id_of(value) == self.services.authserv_id.lower()
+            return headers.authserv_id_of(value) in self._site_ids
         return True
 
     def body_digest(self, headers: tuple[tuple[str, str], ...]) -> BodySink | None:

@@ -11,8 +11,6 @@ import authres.core
 
 from checkid.engine.decision import Header
 
-_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
-
 #: RFC 8601 method names for checkid's methods. QR1 (the registry's address check of the
 #: HELO name) and CSA (the registry's CSV) have no IANA-registered method: they are written
 #: as experimental methods, "x-" names (RFC 8601 §2.7.6), prefixed with checkid's name so
@@ -85,7 +83,33 @@ def _result(report: MethodReport) -> authres.AuthenticationResult:
 
 def authserv_id_of(value: str) -> str:
     """The authserv-id an ``Authentication-Results`` value names (RFC 8601 §2.2: the first
-    token, before an optional version and the ``;``), lower case; comments are skipped."""
-    head = _COMMENT.sub(" ", value.split(";", 1)[0])
-    words = head.split()
-    return words[0].strip('"').lower() if words else ""
+    token or quoted-string, before an optional version and the ``;``), lower case; "" when
+    there is none. Comments (CFWS, RFC 5322 §3.2.2: nested, with quoted-pairs, ``;`` inside)
+    are skipped, so a comment cannot hide the id."""
+    word: list[str] = []
+    depth = 0  # inside this many comments
+    quoted = False
+    chars = iter(value)
+    for c in chars:
+        if c == "\\" and (depth or quoted):  # a quoted-pair: the next character as it is
+            escaped = next(chars, "")
+            if quoted:
+                word.append(escaped)
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(c, 0)
+        elif quoted:
+            if c == '"':
+                break
+            word.append(c)
+        elif c == '"' and not word:
+            quoted = True
+        elif c == "(":
+            if word:
+                break
+            depth = 1
+        elif c in " \t\r\n;":
+            if word or c == ";":
+                break
+        else:
+            word.append(c)
+    return "".join(word).lower()

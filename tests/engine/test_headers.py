@@ -56,3 +56,42 @@ def test_methods_without_an_rfc_8601_name_are_left_out():
 
 def test_the_experimental_method_names_are_marked():
     assert {n for m, n in METHOD_NAMES.items() if m in ("QR1", "CSV")} == {"x-checkid-qr1", "x-checkid-csa"}
+
+
+# -- which incoming fields are forged ------------------------------------------------------
+
+#: values that name this site behind comments RFC 8601 §2.2 allows (CFWS, RFC 5322 §3.2.2)
+HIDDEN = ["(;) mx.example.com; dkim=pass header.d=paypal.com",
+          "(a (b) c) mx.example.com; dkim=pass",
+          "(x\r\n ;y) mx.example.com; spf=pass",
+          ' "mx.example.com"; dkim=pass',
+          " (c\\) ) MX.Example.COM 1; none"]
+
+
+def engine(**headers_section):
+    from checkid.config import from_dict
+    from checkid.engine.engine import Engine
+    return Engine(from_dict({"headers": {"authserv_id": "mx.example.com", **headers_section}}))
+
+
+def test_a_comment_cannot_hide_this_sites_authserv_id():
+    e = engine()
+    for value in HIDDEN[:3]:  # authres, an independent reader, sees this site's id in these
+        assert authres.AuthenticationResultsHeader.parse_value(value).authserv_id.lower() == "mx.example.com"
+    for value in HIDDEN:
+        assert e.forged_header("Authentication-Results", value), value
+
+
+def test_foreign_results_stay_and_the_sites_other_ids_are_removed():
+    e = engine(site_ids=["mx2.example.com"])
+    assert not e.forged_header("Authentication-Results", " other.example; dkim=pass")
+    assert not e.forged_header("Authentication-Results", " (mx.example.com) other.example; spf=pass")
+    assert e.forged_header("authentication-results", " mx2.example.com; dkim=pass")
+    assert e.forged_header("AUTHENT", " 192.0.2.1 example.com SPF1 PASS ratings=")
+    assert not e.forged_header("Subject", " mx.example.com; dkim=pass")
+
+
+def test_results_whose_authserv_id_cannot_be_read_are_removed():
+    e = engine()
+    for value in ("", " ; dkim=pass", " (unclosed comment mx.example.com; dkim=pass"):
+        assert e.forged_header("Authentication-Results", value), value
