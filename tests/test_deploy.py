@@ -1,22 +1,51 @@
-"""deploy/: the Grafana dashboard asks only for metrics checkid exports, the sample
-configuration is valid, and the systemd unit runs the real commands."""
+"""deploy/: the Grafana dashboard asks only for metrics and labels checkid exports, the
+sample configuration is valid, the systemd unit passes ``systemd-analyze`` and runs the real
+commands, and the script that creates the checkid user does so."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from checkid import config as config_mod
 from checkid.config import Config
+from checkid.engine.decision import Action
+from checkid.protocols.postfix_policy import codec as pol
+from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def exported_metric_names(tmp_path):
-    """The sample names of a real multiprocess exposition, every metric touched once."""
+#: labels Prometheus adds when it scrapes
+SCRAPE_LABELS = {"instance", "job"}
+#: bound on every wait for the daemon
+WAIT_SECONDS = 20.0
+
+
+def exposition_labels(text):
+    """sample name -> {label name -> values seen} of a Prometheus text exposition."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = samples.setdefault(sample.name, {})
+            for name, value in sample.labels.items():
+                labels.setdefault(name, set()).add(value)
+    return samples
+
+
+def every_metric_exposition(tmp_path):
+    """A real multiprocess exposition of every metric the workers export, each touched once."""
     script = textwrap.dedent(f"""
         from collections import Counter
         from checkid.runtime import metrics
@@ -30,19 +59,102 @@ def exported_metric_names(tmp_path):
         print(metrics.render()[0].decode())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    return {line.split("{")[0].split()[0] for line in out.stdout.splitlines() if line and not line.startswith("#")}
+    return exposition_labels(out.stdout)
 
 
-def test_every_dashboard_query_names_an_exported_metric(tmp_path):
-    exported = exported_metric_names(tmp_path)
+def eventually(predicate, what):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {WAIT_SECONDS} s")
+
+
+def ask(port, helo, ip="192.0.2.1"):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                                      "client_address": ip, "helo_name": helo, "sender": "",
+                                      "recipient": "u@example.org", "instance": ""}))
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionResetError("closed without a reply")
+            data += chunk
+    return pol.parse_reply(data)
+
+
+def live_exposition(dns, workdir):
+    """GET /metrics of a real ``checkid serve`` after an ACCEPT, a pre-screen REJECT, a
+    TEMPFAIL (the registry answers SERVFAIL), a refused reload and a killed worker."""
+    port = free_port()
+    drop = workdir / "drop.cidr"
+    drop.write_text("198.51.100.0/24\n")
+    toml = f"""
+[[listen]]
+protocol = "policy"
+address = "127.0.0.1:{port}"
+[server]
+workers = 1
+state_dir = "{workdir / 'state'}"
+[dns]
+nameservers = ["{dns.address}"]
+timeout = 1.0
+[registry]
+zone = "registry.test"
+[prescreen]
+block_files = ["{drop}"]
+"""
+    dns.set_fault("slow.example.registry.test", servfail=True)
+    with Checkid(toml, workdir, [port], workers=1) as checkid:
+        assert ask(port, "example.com").startswith("PREPEND Authent:")
+        assert ask(port, "example.com", ip="198.51.100.9").startswith("550 5.7.1")
+        assert ask(port, "slow.example").startswith("4")
+        checkid.config.write_text(checkid.config.read_text() + "\n[server.nonsense]\n")  # refused
+        checkid.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: "reload refused" in checkid.log.read_text(), "the reload refused")
+        url = f"http://127.0.0.1:{checkid.metrics_port}/metrics"
+
+        def scraped(*wanted):
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            return text if all(w in text for w in wanted) else None
+
+        # the worker's counts reach the metric files once a tick: kill it only after
+        eventually(lambda: scraped('action="TEMPFAIL"', 'result="failed"'), "the decisions in /metrics")
+        worker = int(eventually(lambda: re.findall(r"worker 0 serving \(pid (\d+)\)", checkid.log.read_text()),
+                                "the worker")[0])
+        os.kill(worker, signal.SIGKILL)
+        text = eventually(lambda: scraped('checkid_worker_restarts_total{reason="killed"}'), "the restart")
+        return exposition_labels(text)
+
+
+def test_every_dashboard_query_selects_exported_metrics_and_labels(tmp_path, dns):
+    exported = every_metric_exposition(tmp_path)
+    live = live_exposition(dns, world_readable_tmpdir("checkid-deploy-"))
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "checkid.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
-    used = {name for e in exprs for name in re.findall(r"\bcheckid_[a-z_]+", e)}
-    assert used and used <= exported, used - exported
+    for expr in exprs:
+        for name, matchers in re.findall(r"\b(checkid_[a-z_]+)(?:\{([^}]*)\})?", expr):
+            assert name in exported or name in live, f"{name} is not exported ({expr})"
+            labels = {**exported.get(name, {}), **live.get(name, {})}
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+                assert label in labels or label in SCRAPE_LABELS, f"{name} has no label {label} ({expr})"
+                if op == "=" and label not in SCRAPE_LABELS:  # a value the daemon really writes
+                    assert value in live.get(name, {}).get(label, set()), f"{name}{{{label}={value!r}}} never seen"
+        for by, inner in re.findall(r"\bby \(([^)]*)\)\s*\((.*)", expr):
+            name = re.search(r"\bcheckid_[a-z_]+", inner).group(0)
+            labels = {**exported.get(name, {}), **live.get(name, {})}
+            for label in (label.strip() for label in by.split(",")):
+                assert label in labels or label in SCRAPE_LABELS, f"{name} has no label {label} ({expr})"
+    assert {a.value for a in Action} >= live["checkid_decisions_total"]["action"]
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ("decisions per second", "latency", "cache hit ratio", "dns latency", "pre-screen", "restarts"):
-        assert topic in titles
+    for topic in ("decisions per second", "latency", "cache hit ratio", "dns latency", "pre-screen", "restarts",
+                  "by front-end", "tempfail", "temperrors", "policy errors", "refused reloads",
+                  "dnsbl lookup errors", "worker restarts per second"):
+        assert topic in titles, topic
 
 
 def test_sample_configuration_is_valid_and_states_the_defaults():
@@ -53,11 +165,64 @@ def test_sample_configuration_is_valid_and_states_the_defaults():
     assert out.returncode == 0, out.stderr
 
 
-def test_systemd_unit_runs_serve_and_reloads_with_sighup():
+def installed_unit(tmp_path):
+    """deploy/checkid.service with this checkout's checkid in place of /opt/checkid's
+    (systemd-analyze checks that the commands exist)."""
+    unit = (ROOT / "deploy" / "checkid.service").read_text()
+    assert "/opt/checkid/.venv/bin/checkid " in unit
+    here = tmp_path / "checkid.service"
+    here.write_text(unit.replace("/opt/checkid/.venv/bin/checkid ", f"{Path(sys.executable).parent / 'checkid'} "))
+    return here
+
+
+def test_systemd_unit_runs_serve_notifies_and_reloads_with_the_command():
     unit = (ROOT / "deploy" / "checkid.service").read_text()
     assert re.search(r"(?m)^ExecStart=\S+/checkid serve -c /etc/checkid/checkid.toml$", unit)
-    assert re.search(r"(?m)^ExecReload=/bin/kill -HUP \$MAINPID$", unit)
+    assert re.search(r"(?m)^ExecReload=\S+/checkid reload -c /etc/checkid/checkid.toml$", unit)
+    assert re.search(r"(?m)^Type=notify$", unit) and re.search(r"(?m)^User=checkid$", unit)
     assert re.search(r"(?m)^KillMode=mixed$", unit)
+    for option in ("ProtectSystem=strict", "ProtectHome=true", "PrivateTmp=true", "NoNewPrivileges=true",
+                   "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                   "StateDirectory=checkid", "ReadWritePaths=/var/lib/checkid"):
+        assert re.search(rf"(?m)^{re.escape(option)}$", unit), option
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    unit = installed_unit(tmp_path)
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # an unknown or misspelt option is only a warning: none may show
+    assert out.returncode == 0 and unit.name not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_systemd_unit_is_sandboxed(tmp_path):
+    unit = installed_unit(tmp_path)
+    # exposure 0 (locked down) to 10 (none): at most 2.0, systemd's "OK"
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout[-2000:]
+
+
+def test_create_user_makes_the_system_user_and_its_state_directory(tmp_path):
+    host_passwd = Path("/etc/passwd").read_text()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        shutil.copy(Path("/etc") / name, etc / name)
+    for _ in range(2):  # running it again changes nothing
+        subprocess.run(["sh", str(ROOT / "deploy" / "create-user"), str(tmp_path)], check=True, timeout=60)
+    [entry] = [line.split(":") for line in (etc / "passwd").read_text().splitlines() if line.startswith("checkid:")]
+    uid, gid, home, shell = int(entry[2]), int(entry[3]), entry[5], entry[6]
+    assert uid < 1000 and home == "/var/lib/checkid" and shell == "/usr/sbin/nologin"  # a system user, no login
+    assert [line for line in (etc / "group").read_text().splitlines() if line.startswith("checkid:")] == \
+        [f"checkid:x:{gid}:"]
+    state = (tmp_path / "var" / "lib" / "checkid").stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o750)
+    assert Path("/etc/passwd").read_text() == host_passwd  # only the files under ROOT changed
+
+
+def test_install_script_creates_the_user_when_run_as_root():
+    script = (ROOT / "scripts" / "install").read_text()
+    assert re.search(r'(?m)^\[ "\$\(id -u\)" != 0 \] \|\| sh deploy/create-user$', script)
 
 
 def test_check_config_names_the_policy_line_at_fault(tmp_path):

@@ -8,6 +8,9 @@ from typing import Literal
 from checkid.config.addresses import parse_listen
 from checkid.errors import ConfigError
 
+#: ``[server] log_file`` that means the syslog daemon, not a file
+SYSLOG = "syslog"
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -20,8 +23,16 @@ class ServerConfig:
     state_dir: str = ""
     #: logging level: one line per decision at "info"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: log file, reopened on SIGUSR1; empty means standard error
+    #: log file, reopened on SIGUSR1; empty means standard error; "syslog" sends to the
+    #: syslog daemon at ``syslog_socket`` with ``syslog_facility`` (into mail.log by default)
     log_file: str = ""
+    #: "text": one line per record; "json": one JSON object per line, a record's fields as keys
+    log_format: Literal["text", "json"] = "text"
+    #: the syslog daemon's unix datagram socket, for ``log_file = "syslog"``
+    syslog_socket: str = "/dev/log"
+    #: the syslog facility, for ``log_file = "syslog"``
+    syslog_facility: Literal["mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4",
+                             "local5", "local6", "local7"] = "mail"
     #: seconds workers get to finish in-flight requests on SIGTERM/SIGINT
     grace: float = 10.0
     #: a worker whose event loop has not ticked for this many seconds is replaced
@@ -31,9 +42,12 @@ class ServerConfig:
     idle_timeout: float = 600.0
 
     def check(self, path: str) -> None:
-        """:raises ConfigError: a worker count outside 0 to 256, a non-positive period"""
+        """:raises ConfigError: a worker count outside 0 to 256, a non-positive period, syslog
+        without a socket"""
         if self.workers < 0 or self.workers > 256:
             raise ConfigError(f"{path}.workers: must be 0 (one per CPU) to 256")
+        if self.log_file == SYSLOG and not self.syslog_socket:
+            raise ConfigError(f'{path}.syslog_socket: must name the syslog socket when log_file = "syslog"')
         for name in ("grace", "heartbeat_timeout", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive")

@@ -1,62 +1,190 @@
-"""Logging of the daemon's processes: the set-up, the reopen on SIGUSR1 (after logrotate),
-and the fault handler that writes a hung or crashing worker's traceback into the same log."""
+"""Logging of the daemon's processes: the set-up (a file, standard error or the syslog
+daemon; text or JSON lines), the reopen on SIGUSR1 (after logrotate), and the fault handler
+that writes a hung or crashing worker's traceback into the same log.
+
+A record may carry its fields as data: ``log.info(msg, *args, extra={"fields": {...}})``.
+The text format shows only the message (which should say the same as ``key=value``); the
+JSON format makes each field a key of the line's object. A ``checkid.decision`` line
+without them has its ``key=value`` words taken as fields.
+"""
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
+import logging.handlers
+import re
+import socket
 import sys
-from typing import TextIO
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any, TextIO
 
 from checkid.config import Config
+from checkid.config.runtime import SYSLOG
+from checkid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "%(asctime)s checkid[%(process)d]: %(levelname)s %(name)s: %(message)s"
+#: the syslog daemon stamps the time and host itself; "checkid[PID]:" is the RFC 3164 tag
+SYSLOG_FORMAT = "checkid[%(process)d]: %(levelname)s %(name)s: %(message)s"
+#: the logger of the one line per decision (checkid.protocols.decider)
+DECISION_LOGGER = "checkid.decision"
+#: the keys every JSON line has; a field of the same name does not replace them
+BASE_KEYS = ("time", "pid", "level", "logger", "msg")
+
+#: key=value, the value <bracketed> (an address), "quoted" (backslash escapes) or one word
+_FIELD = re.compile(r'(?:^|(?<=\s))([A-Za-z_][A-Za-z0-9_.-]*)=(<[^>]*>|"(?:[^"\\]|\\.)*"|\S*)')
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (local, ISO 8601), pid, level, logger, msg, then the
+    record's fields; ``exc`` holds a traceback. Control characters are escaped, so no field
+    can start a line of its own."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__()
+        #: put before the object (the syslog tag)
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+            "pid": record.process, "level": record.levelname, "logger": record.name, "msg": message,
+        }
+        for key, value in record_fields(record, message):
+            if key not in BASE_KEYS:
+                line[key] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return (self.prefix % {"process": record.process}) + json.dumps(line, ensure_ascii=False)
+
+
+def record_fields(record: logging.LogRecord, message: str) -> Iterator[tuple[str, Any]]:
+    """The fields of ``record``: its ``fields`` extra, else, for a decision line, the
+    ``key=value`` words of its message (values as text, ``<…>`` and quotes taken off)."""
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, Mapping):
+        yield from ((str(k), v) for k, v in fields.items())
+    elif record.name == DECISION_LOGGER:
+        yield from parse_fields(message)
+
+
+def parse_fields(message: str) -> Iterator[tuple[str, str]]:
+    """The ``key=value`` words of a log message, in order."""
+    for match in _FIELD.finditer(message):
+        key, value = match.group(1), match.group(2)
+        if value.startswith("<") and value.endswith(">"):
+            value = value[1:-1]
+        elif len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value[1:-1]
+        yield key, value
 
 
 def setup_logging(config: Config) -> None:
-    """Log to ``[server] log_file``, or to stderr when it is empty."""
-    path = config.server.log_file
-    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
-    logging.basicConfig(level=config.server.log_level.upper(), handlers=[handler], force=True)
+    """Log to ``[server] log_file`` (a file, or ``"syslog"``), or to stderr when it is
+    empty, in ``[server] log_format``.
+
+    :raises ConfigError: the syslog socket cannot be reached
+    """
+    server = config.server
+    path = server.log_file
+    handler: logging.Handler
+    if path == SYSLOG:
+        # SysLogHandler swallows a failed connect (and retries per record): refuse to start
+        # without a syslog daemon instead of logging into the void
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(server.syslog_socket)
+        except OSError as e:
+            raise ConfigError(f"server.syslog_socket: cannot send to {server.syslog_socket}: "
+                              f"{e.strerror or e}") from None
+        handler = logging.handlers.SysLogHandler(
+            server.syslog_socket, logging.handlers.SysLogHandler.facility_names[server.syslog_facility],
+            socktype=socket.SOCK_DGRAM)
+        formatter = JsonFormatter("checkid[%(process)d]: ") if server.log_format == "json" \
+            else logging.Formatter(SYSLOG_FORMAT)
+    else:
+        # a logged name may hold any byte the peer sent; never fail the write over one
+        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace") if path \
+            else logging.StreamHandler()
+        formatter = JsonFormatter() if server.log_format == "json" else logging.Formatter(FORMAT)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=server.log_level.upper(), handlers=[handler], force=True)
 
 
 def reopen_logs() -> None:
-    """SIGUSR1: reopen the log file (after logrotate moved it).
+    """SIGUSR1: reopen the log file (after logrotate moved it), or reconnect to the syslog
+    daemon (after it restarted).
 
-    The new file is opened before the old one is closed: when it cannot be (after a
-    privilege drop the log directory may not be writable), the error is logged and the
+    The new file (socket) is opened before the old one is closed: when it cannot be (after
+    a privilege drop the log directory may not be writable), the error is logged and the
     process keeps writing to the file it has.
     """
     for handler in logging.getLogger().handlers:
-        if not isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler):
+            error = _reopen_file(handler)
+            where = handler.baseFilename
+        elif isinstance(handler, logging.handlers.SysLogHandler) and isinstance(handler.address, str):
+            error = _reconnect_syslog(handler)
+            where = handler.address
+        else:
             continue
-        handler.acquire()
-        try:
-            try:
-                stream = handler._open()
-            except OSError as e:
-                error: OSError | None = e
-            else:
-                error = None
-                old, handler.stream = handler.stream, stream
-                if faulthandler.is_enabled():
-                    enable_faulthandler()  # onto the new file, before the old fd can be reused
-                if old is not None:
-                    old.close()
-        finally:
-            handler.release()
         if error is not None:
-            log.error("cannot reopen the log file %s, logging on to the one open: %s",
-                      handler.baseFilename, error.strerror or error)
+            log.error("cannot reopen the log file %s, logging on to the one open: %s", where,
+                      error.strerror or error)
         else:
             log.info("log reopened")
 
 
+def _reopen_file(handler: logging.FileHandler) -> OSError | None:
+    handler.acquire()
+    try:
+        try:
+            stream = handler._open()
+        except OSError as e:
+            return e
+        old, handler.stream = handler.stream, stream
+        if faulthandler.is_enabled():
+            enable_faulthandler()  # onto the new file, before the old fd can be reused
+        if old is not None:
+            old.close()
+        return None
+    finally:
+        handler.release()
+
+
+def _reconnect_syslog(handler: logging.handlers.SysLogHandler) -> OSError | None:
+    assert isinstance(handler.address, str)
+    sock = socket.socket(socket.AF_UNIX, handler.socktype)
+    try:
+        sock.connect(handler.address)
+    except OSError as e:
+        sock.close()
+        return e
+    handler.acquire()
+    try:
+        # typeshed does not declare SysLogHandler.socket
+        old: socket.socket | None = getattr(handler, "socket", None)
+        setattr(handler, "socket", sock)
+    finally:
+        handler.release()
+    if old is not None:
+        old.close()
+    return None
+
+
 def enable_faulthandler() -> None:
     """Dump every thread's traceback into the log on SIGABRT (what the master sends a hung
-    worker) and on a fatal signal (SIGSEGV, SIGBUS, ...)."""
+    worker) and on a fatal signal (SIGSEGV, SIGBUS, ...). It writes plain text, also into a
+    JSON log; with syslog it goes to standard error (the journal under systemd)."""
     faulthandler.enable(file=_log_stream(), all_threads=True)
 
 
