@@ -193,7 +193,7 @@ class HeadersConfig:
     authentication_results: bool = False
     #: also add RFC 7208 ``Received-SPF`` when SPF ran
     received_spf: bool = False
-    #: the authserv-id / receiver name; empty means this host's name
+    #: the authserv-id / receiver name; empty means this host's FQDN
     authserv_id: str = ""
     #: header fields a client may not bring: removed from every incoming message before it is
     #: delivered (``Authentication-Results`` only when it names this site's authserv-id;

@@ -67,7 +67,7 @@ class Engine:
         self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
         dns = DnsClient(config.dns, self.cache, clock, self.counts,
                         observer.observe_dns if observer is not None else None)
-        authserv_id = config.headers.authserv_id or socket.gethostname()
+        authserv_id = config.headers.authserv_id or socket.getfqdn()
         path = config.reputation.recipient_thresholds
         self.services = Services(
             config=config,

@@ -28,9 +28,12 @@ def name_process(name: str) -> None:
 
 
 def state_dir(config: Config) -> str:
-    """``[server] state_dir``, or the default for root or for an unprivileged user."""
+    """``[server] state_dir``, else systemd's ``$STATE_DIRECTORY`` (``StateDirectory=``), else
+    the default for root or for an unprivileged user."""
     if config.server.state_dir:
         return config.server.state_dir
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
     if os.geteuid() == 0:
         return "/var/lib/checkid"
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
