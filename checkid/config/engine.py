@@ -134,6 +134,9 @@ class DkimConfig:
     max_body: int = 10 * 1024 * 1024
     #: RSA keys shorter than this fail (RFC 8301 §3.2)
     min_key_bits: int = 1024
+    #: RSA keys longer than this are not used (PERMERROR): RFC 8301 §3.2 asks verifiers for
+    #: 1024 to 4096 bits, and a sender's huge key would cost the event loop seconds
+    max_key_bits: int = 4096
     #: signatures verified per message at most (the first ones, top down); the rest are ignored
     max_signatures: int = 8
 
@@ -143,6 +146,8 @@ class DkimConfig:
             raise ConfigError(f"{path}.max_body: must be 0 to 1 GiB")
         if not 512 <= self.min_key_bits <= 16384:
             raise ConfigError(f"{path}.min_key_bits: must be 512 to 16384")
+        if not self.min_key_bits <= self.max_key_bits <= 16384:
+            raise ConfigError(f"{path}.max_key_bits: must be {path}.min_key_bits to 16384")
         if not 1 <= self.max_signatures <= 64:
             raise ConfigError(f"{path}.max_signatures: must be 1 to 64")
 

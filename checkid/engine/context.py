@@ -191,7 +191,8 @@ class Context:
                         return Auth(Result.NONE, "DKIM", tuple(results), spf_outcome, pending=True, csa=csa_outcome)
                     self.log("methods", "DKIM: skipped, needs the message; this front-end cannot give it")
                     continue
-                dkim_outcome = await self.services.dkim.verify(self.envelope.headers, self.envelope.body, self.trace)
+                dkim_outcome = await self.services.dkim.verify(self.envelope.headers, self.envelope.body, self.trace,
+                                                               self.envelope.headers_complete)
                 result, signature = dkim_outcome.result_for(self.identity or "", self.config.dkim.match)
                 if signature is not None and signature.reason:
                     self.log("methods", f"DKIM: d={signature.domain} s={signature.selector}: {signature.reason}")

@@ -62,6 +62,9 @@ class Envelope:
     headers: tuple[tuple[str, str], ...] = ()
     #: message body, known at end of data: the bytes, or the sink a front-end streamed them to
     body: bytes | BodySink | None = None
+    #: False when the front-end kept only the first of the message's header fields (its
+    #: bound): DKIM then verifies nothing rather than less than will be delivered
+    headers_complete: bool = True
     #: False when the caller cannot ask again at end of data (the policy protocol,
     #: qmail-spp): methods that need the message are then skipped, never answered CONTINUE
     message_follows: bool = True

@@ -41,6 +41,22 @@ _RANK = {Result.TEMPERROR: 4, Result.FAIL: 3, Result.PERMERROR: 2, Result.NEUTRA
 #: a body this big is hashed in a worker thread: canonicalizing 64 KiB takes up to ~2 ms
 THREAD_BODY = SLICE
 
+# Bounds on what a sender controls, so that no signature can hold the event loop: dkimpy's
+# regexes over a signature are quadratic in a run of white space (``h=from<60,000 spaces>x``
+# costs seconds), header selection costs (h= names x header fields), and RSA is pure Python.
+#: a DKIM-Signature field longer than this is not used (real ones are under 2 KiB)
+MAX_SIGNATURE = 8192
+#: nor one with a longer run of white space (folding needs a few characters)
+MAX_SPACE_RUN = 64
+#: nor one signing more header fields than this (over-signing doubles a dozen or so)
+MAX_SIGNED_FIELDS = 100
+#: an RSA public exponent above this is refused (65537 is the norm; the cost grows with it)
+MAX_EXPONENT = 2**32
+#: l= longer than this many digits is not a length (dkimpy's own bound)
+MAX_LENGTH_DIGITS = 76
+
+_SPACE_RUN = re.compile(rb"[ \t\r\n]{%d}" % (MAX_SPACE_RUN + 1))
+
 _SIG_NAME = b"dkim-signature"
 
 
@@ -124,12 +140,15 @@ class DkimVerifier:
         return BodyHashes(keys, self.config.max_body) if keys else None
 
     async def verify(self, headers: tuple[tuple[str, str], ...], body: bytes | BodySink | None,
-                     trace: Trace | None = None) -> DkimOutcome:
+                     trace: Trace | None = None, complete: bool = True) -> DkimOutcome:
         """Verify the first ``max_signatures`` signatures of a message.
 
         :param headers: the message's (name, raw value) pairs, as in :class:`Envelope`
         :param body: the raw body, or the :class:`BodyHashes` a front-end streamed it to
             (from :meth:`body_digest` over the same headers); None is an empty body
+        :param complete: False when the front-end kept only the first of the message's header
+            fields: no signature is verified over fewer fields than will be delivered (a
+            second From past the bound would go unseen), each is PERMERROR
         :raises DeadlineExceeded: the decision ran out of time waiting for a key
         """
         fields = _signature_fields(headers)
@@ -145,6 +164,14 @@ class DkimVerifier:
         done: dict[int, Signature] = {}
         prepared: list[_Prepared] = []
         for index in range(min(len(fields), limit)):
+            raw = _raw(fields[index][1])
+            problem = _field_problem(raw)
+            if problem or not complete:
+                # what can be read of it names the signature (d=, s=) for the identity's result
+                tags = _tags(raw) if len(raw) <= MAX_SIGNATURE else {}
+                done[index] = (_neutral(tags, problem) if problem else
+                               _neutral(tags, "more header fields than were kept", Result.PERMERROR))
+                continue
             outcome = self._prepare(d, index)
             if isinstance(outcome, Signature):
                 done[index] = outcome
@@ -182,10 +209,14 @@ class DkimVerifier:
                 raise dkim.MessageFormatError("no such signature")
             tags, include, sigheaders = prep
             key = _body_key(tags)
+            if len(include) > MAX_SIGNED_FIELDS:
+                raise _Unusable(f"h= names {len(include)} fields, more than {MAX_SIGNED_FIELDS}")
         except (dkim.ValidationError, dkim.MessageFormatError, _Unusable) as e:
             return _neutral(d.signature_fields, str(e))
         except Exception as e:  # dkimpy's own slips: this signature only, never the message
             return _neutral(d.signature_fields, f"{type(e).__name__}: {e}", Result.PERMERROR)
+        if b"from" not in include:  # RFC 6376 §6.1.1: ignore it, PERMFAIL
+            return _neutral(tags, "From field not signed", Result.PERMERROR)
         return _Prepared(index, tags, include, sigheaders[index], key, _text(tags[b"d"]).lower(),
                          _text(tags[b"s"]), _text(tags[b"a"]), key[2])
 
@@ -235,6 +266,10 @@ class DkimVerifier:
         try:
             if d.ktag == b"rsa" and bits is not None and bits < self.config.min_key_bits:
                 return result(Result.FAIL, f"key too short ({bits} bits)", bits)
+            if d.ktag == b"rsa" and bits is not None and bits > self.config.max_key_bits:
+                return result(Result.PERMERROR, f"key too large ({bits} bits)", bits)
+            if d.ktag == b"rsa" and d.pk["publicExponent"] > MAX_EXPONENT:
+                return result(Result.PERMERROR, "key exponent too large", bits)
             if hashes is None or p.key not in hashes.keys:
                 return result(Result.PERMERROR, "body not hashed", bits)
             digest = hashes.digest(p.key)
@@ -277,7 +312,24 @@ def _text(value: bytes) -> str:
 
 
 def _signature_fields(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    return [(name, value) for name, value in headers if name.strip().lower() == "dkim-signature"]
+    # the name exactly as dkimpy compares it, so that the indexes agree
+    return [(name, value) for name, value in headers if name.lower() == "dkim-signature"]
+
+
+def _tags(value: bytes) -> dict[bytes, bytes]:
+    try:
+        return dict(parse_tag_value(value))
+    except InvalidTagValueList:
+        return {}
+
+
+def _field_problem(value: bytes) -> str:
+    """Why a DKIM-Signature field is not handed to dkimpy at all ("" when it may be)."""
+    if len(value) > MAX_SIGNATURE:
+        return f"signature field longer than {MAX_SIGNATURE} bytes"
+    if _SPACE_RUN.search(value):
+        return f"signature field with a run of more than {MAX_SPACE_RUN} white-space characters"
+    return ""
 
 
 def _body_key(tags: dict[bytes, bytes]) -> BodyKey:
@@ -290,7 +342,7 @@ def _body_key(tags: dict[bytes, bytes]) -> BodyKey:
     if algorithm not in dkim.HASH_ALGORITHMS:
         raise _Unusable(f"unknown signature algorithm: {_text(algorithm)}")
     length = tags.get(b"l")
-    if length is not None and not length.isdigit():
+    if length is not None and (not length.isdigit() or len(length) > MAX_LENGTH_DIGITS):
         raise _Unusable(f"l= value is not a decimal integer ({_text(length)})")
     return body_key(_text(policy.body_algorithm.name), _text(algorithm), int(length) if length is not None else None)
 
@@ -320,4 +372,5 @@ def _neutral(fields: Any, reason: str, result: Result = Result.NEUTRAL) -> Signa
     length = tags.get(b"l")
     return Signature(result, _text(tags.get(b"d", b"")).lower(), _text(tags.get(b"s", b"")),
                      _text(tags.get(b"a", b"")), None,
-                     int(length) if length is not None and length.isdigit() else None, reason)
+                     int(length) if length is not None and length.isdigit() and len(length) <= MAX_LENGTH_DIGITS
+                     else None, reason)

@@ -103,6 +103,8 @@ class Transaction:
     decision: Decision | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     header_bytes: int = 0
+    #: every header is in ``headers`` (False once one was past the bounds)
+    headers_complete: bool = True
     #: headers seen so far by lower-case name (all of them, also those not kept)
     seen: Counter[str] = field(default_factory=Counter)
     #: the forged headers to delete: (name, 1-based index among the headers of that name)
@@ -253,8 +255,11 @@ class MilterSession:
 
     async def _on_header(self, cmd: HeaderField) -> list[Response]:
         tx = self.tx
-        # raw, as DKIM hashes it: without HDR_LEADSPC the MTA ate one space after the colon
-        value = cmd.value if self.protocol & Proto.HDR_LEADSPC else " " + cmd.value
+        # raw, as DKIM hashes it: without HDR_LEADSPC the MTA ate one space after the colon,
+        # never a tab (Postfix milter8.c, Sendmail); a value that had none cannot be told apart
+        value = cmd.value
+        if not self.protocol & Proto.HDR_LEADSPC and not value.startswith("\t"):
+            value = " " + value
         key = cmd.name.lower()
         tx.seen[key] += 1
         if self.decider.forged_header(cmd.name, value):
@@ -266,6 +271,8 @@ class MilterSession:
         if len(tx.headers) < MAX_HEADERS and tx.header_bytes + size <= MAX_HEADER_BYTES:
             tx.headers.append((cmd.name, value))
             tx.header_bytes += size
+        else:
+            tx.headers_complete = False
         return self._reply(Proto.NR_HDR)
 
     async def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:
@@ -326,7 +333,8 @@ class MilterSession:
         tx = tx or self.tx
         return Envelope(ip=self.conn.ip, id=self.conn.declared_id, helo=self.conn.helo, sender=tx.sender,
                         rcpts=rcpts if rcpts is not None else tuple(tx.rcpts),
-                        headers=tuple(tx.headers) if body is not None else (), body=body)
+                        headers=tuple(tx.headers) if body is not None else (), body=body,
+                        headers_complete=tx.headers_complete)
 
     async def _decided(self, env: Envelope) -> Decision:
         return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""))

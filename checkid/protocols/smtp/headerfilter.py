@@ -52,6 +52,8 @@ class HeaderFilter:
         self.headers: list[tuple[str, str]] = []
         #: fields left out
         self.removed = 0
+        #: every field so far is in :attr:`headers` (False once one was past the bounds)
+        self.complete = True
         #: the header section has ended: everything from now on is body
         self.in_body = False
         #: the field being read (whole lines, then maybe part of one), or the start of a line
@@ -204,6 +206,8 @@ class HeaderFilter:
         if len(self.headers) < self.max_headers and self._header_bytes + size <= self.max_header_bytes:
             self.headers.append((name, text))
             self._header_bytes += size
+        else:
+            self.complete = False
         forged = self.forged(name, text)
         if forged:
             self.removed += 1

@@ -51,7 +51,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from checkid.engine import validate
 from checkid.engine.decision import Action, BodySink, Decision, Envelope
@@ -475,15 +475,17 @@ class SmtpSession:
             self._count("discarded")
             return [replies.QUEUED_NOWHERE]
         headers: tuple[tuple[str, str], ...] = ()
+        complete = True
         if tx.filter is not None:  # set at DATA's 354
             self._filtered(tx, tx.filter, *tx.filter.end())
-            headers = tuple(tx.filter.headers)
+            headers, complete = tuple(tx.filter.headers), tx.filter.complete
         decision = tx.decision
         if decision is not None and decision.action is Action.CONTINUE:
             if not tx.digest_asked:  # all header, no body: the sink is asked now
                 tx.sink = self.decider.body_digest(headers)
-            decision = await self._decided(self._envelope(tx, headers=headers,
-                                                          body=tx.sink if tx.sink is not None else b""))
+            decision = await self._decided(replace(self._envelope(tx, headers=headers,
+                                                                  body=tx.sink if tx.sink is not None else b""),
+                                                   headers_complete=complete))
             if decision.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
                 self.backend.abort()
                 self._log(tx, decision.action.value.lower())

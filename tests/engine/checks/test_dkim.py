@@ -332,3 +332,90 @@ def test_verify_other_sinks_are_not_verified(dns):
 
     (sig,) = run(verifier(dns).verify(headers, Discard())).signatures
     assert (sig.result, sig.reason) == (Result.PERMERROR, "body not hashed")
+
+
+# -- what a sender controls is bounded (review of issue 12) --------------------------------
+
+def unsigned_from(message: bytes, key: dkimkeys.SigningKey, selector: str, include: tuple[bytes, ...]) -> bytes:
+    """A good signature over ``include`` that leaves From out (dkimpy's signer refuses to)."""
+    import base64
+    import hashlib
+    import time
+
+    from dkim.canonicalization import CanonicalizationPolicy
+    d = dkim.DKIM(message, signature_algorithm=key.algorithm)
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    bh = base64.b64encode(hashlib.sha256(policy.canonicalize_body(d.body)).digest())
+    fields = [(b"v", b"1"), (b"a", key.algorithm), (b"c", b"relaxed/relaxed"), (b"d", DOMAIN.encode()),
+              (b"s", selector.encode()), (b"t", str(int(time.time())).encode()), (b"h", b":".join(include)),
+              (b"bh", bh), (b"b", b"0" * 60)]
+    d.signature_algorithm = key.algorithm
+    d.hasher = dkim.HASH_ALGORITHMS[key.algorithm]
+    pk = dkim.crypto.parse_pem_private_key(key.private)
+    return b"DKIM-Signature: " + d.gen_header(fields, list(include), policy, b"DKIM-Signature", pk) + message
+
+
+def test_a_signature_that_leaves_from_unsigned_is_a_permerror(dns):
+    key = dkimkeys.rsa_key(2048)
+    put_key(dns, "nofrom", key)
+    message = unsigned_from(MESSAGE, key, "nofrom", (b"subject", b"to"))
+    assert dkimpy_verifies(message)  # dkimpy's verifier alone lets it pass
+    (sig,) = check(verifier(dns), message).signatures
+    assert (sig.result, sig.reason, sig.domain) == (Result.PERMERROR, "From field not signed", DOMAIN)
+
+
+def with_signature(value: bytes) -> bytes:
+    return b"DKIM-Signature: " + value + b"\r\n" + MESSAGE
+
+
+def test_signature_fields_dkimpy_would_take_seconds_over_are_not_used(dns):
+    v = verifier(dns)
+    runs = with_signature(b"v=1; a=rsa-sha256; d=" + DOMAIN.encode() + b"; s=x; h=from" + b" " * 100
+                          + b"x; bh=AAAA; b=AAAA")
+    long_field = with_signature(b"v=1; a=rsa-sha256; d=" + DOMAIN.encode() + b"; s=x; h=from; bh=AAAA; b="
+                                + b"A" * 9000)
+    many = with_signature(b"v=1; a=rsa-sha256; d=" + DOMAIN.encode() + b"; s=x; h=" + b":".join([b"from"] * 101)
+                          + b"; bh=AAAA; b=AAAA")
+    for message, words in ((runs, "white-space"), (long_field, "longer than"), (many, "101 fields")):
+        (sig,) = check(v, message).signatures
+        assert sig.result is Result.NEUTRAL and words in sig.reason, sig
+    assert dns.count(f"x._domainkey.{DOMAIN}") == 0  # refused before any key was asked for
+
+
+def test_an_l_tag_too_long_for_a_number_is_neutral_not_an_exception(dns):
+    message = with_signature(b"v=1; a=rsa-sha256; d=" + DOMAIN.encode() + b"; s=x; h=from; l=" + b"9" * 5000
+                             + b"; bh=AAAA; b=AAAA")
+    v = verifier(dns)
+    headers, _body = split_message(message)
+    assert v.body_digest(headers) is None  # no usable body key, and no ValueError
+    (sig,) = check(v, message).signatures
+    assert sig.result is Result.NEUTRAL and sig.length is None
+
+
+def test_keys_past_max_key_bits_or_with_a_huge_exponent_are_not_used(dns):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = dkimkeys.rsa_key(2048)
+    put_key(dns, "big", key)
+    message = sign(MESSAGE, key, DOMAIN, "big")
+    (sig,) = check(verifier(dns, max_key_bits=1024, min_key_bits=512), message).signatures
+    assert (sig.result, sig.reason) == (Result.PERMERROR, "key too large (2048 bits)")
+
+    n = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers().n
+    der = rsa.RSAPublicNumbers(2**40 + 15, n).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    import base64
+    put_key(dns, "exp", None, record="v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+    (sig,) = check(verifier(dns), sign(MESSAGE, key, DOMAIN, "exp")).signatures
+    assert (sig.result, sig.reason) == (Result.PERMERROR, "key exponent too large")
+
+
+def test_headers_cut_short_by_the_front_end_verify_nothing(dns):
+    key = dkimkeys.rsa_key(2048)
+    put_key(dns, "cut", key)
+    headers, body = split_message(sign(MESSAGE, key, DOMAIN, "cut"))
+    v = verifier(dns)
+    assert run(v.verify(headers, body)).signatures[0].result is Result.PASS
+    (sig,) = run(v.verify(headers, body, complete=False)).signatures
+    assert (sig.result, sig.domain) == (Result.PERMERROR, DOMAIN)
+    assert sig.reason == "more header fields than were kept"

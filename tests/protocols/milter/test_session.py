@@ -204,6 +204,23 @@ def test_without_leadspc_the_space_the_mta_ate_is_put_back_and_inserts_carry_non
     assert replies_[-1] == [InsertHeader(0, "Authent", AUTHENT.text), ACCEPT]
 
 
+def test_without_leadspc_a_value_starting_with_a_tab_is_kept_as_it_came():
+    # the MTA strips one space after the colon, never a tab (Postfix milter8.c)
+    decider = Decider(CONTINUED, ACCEPTED)
+    play(decider, NO_LEADSPC, *SMTP[1:], *message(("Subject", "\thi")))
+    assert decider.envelopes[-1].headers == (("Subject", "\thi"),)
+
+
+def test_more_headers_than_are_kept_tell_the_engine_its_list_is_not_complete():
+    from checkid.protocols.milter.session import MAX_HEADERS
+    decider = Decider(CONTINUED, ACCEPTED)
+    play(decider, *SMTP, *message(*((f"X-{i}", " v") for i in range(MAX_HEADERS + 1))))
+    assert len(decider.envelopes[-1].headers) == MAX_HEADERS and not decider.envelopes[-1].headers_complete
+    decider = Decider(CONTINUED, ACCEPTED)
+    play(decider, *SMTP, *message(("Subject", " hi")))
+    assert decider.envelopes[-1].headers_complete
+
+
 FORGED_MESSAGE = (("Authentication-Results", " mx.checkid.test; spf=pass smtp.mailfrom=example.com"),
                   ("authentication-results", " other.example; dkim=pass header.d=example.com"),
                   ("Subject", " hi"),

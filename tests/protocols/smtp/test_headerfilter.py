@@ -152,3 +152,5 @@ def test_fields_collected_are_bounded_but_all_are_filtered():
     content = b"".join(b"Authent: %d\r\n" % i for i in range(50)) + b"\r\n"
     head, _, f, _ = run_filter([content], max_headers=10)
     assert head == b"\r\n" and f.removed == 50 and len(f.headers) == 10
+    assert not f.complete  # DKIM must know it does not see every field
+    assert run_filter([content], max_headers=50)[2].complete
