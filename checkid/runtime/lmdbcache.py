@@ -38,6 +38,17 @@ def encode_key(key: Hashable) -> bytes:
     return raw if len(raw) <= MAX_KEY else b"#" + hashlib.blake2b(raw, digest_size=32).digest()
 
 
+def decode_key(raw: bytes) -> Hashable | None:
+    """The key :func:`encode_key` stored (lists back as tuples), or None for a hashed one."""
+    if raw.startswith(b"#"):
+        return None
+    try:
+        key = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError):
+        return None
+    return tuple(key) if isinstance(key, list) else key
+
+
 class LmdbCache:
     """A :class:`~checkid.engine.dns.cache.Cache` in an LMDB file shared by the host's workers."""
 
@@ -148,6 +159,39 @@ class LmdbCache:
 
     def flush(self) -> None:
         self._drop_all()
+
+    def items(self, matches: Callable[[Hashable], bool]) -> list[tuple[Hashable, Any, float]]:
+        """The live entries whose key ``matches``: (key, value, seconds left). Keys too
+        long to store as they are (hashed) cannot be matched and are left out."""
+        now, found = self.wall(), []
+        with self.env.begin() as txn:
+            for raw_key, raw in txn.cursor():
+                key = decode_key(bytes(raw_key))
+                if key is None or not matches(key):
+                    continue
+                try:
+                    wall_expires, _stored, value = msgpack.unpackb(raw, raw=False)
+                    decoded = decode_value(value)
+                except (ValueError, TypeError, IndexError):
+                    continue
+                if wall_expires > now:
+                    found.append((key, decoded, wall_expires - now))
+        return found
+
+    def drop_where(self, matches: Callable[[Hashable], bool]) -> int:
+        """Delete every entry whose key ``matches``; returns how many went."""
+        with self.env.begin() as txn:
+            victims = [bytes(k) for k, _ in txn.cursor() if (key := decode_key(bytes(k))) is not None
+                       and matches(key)]
+        with self.env.begin(write=True) as txn:
+            for k in victims:
+                txn.delete(k)
+        return len(victims)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes in use, bytes of the map): how full the file is."""
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
 
     def __len__(self) -> int:
         return int(self.env.stat()["entries"])

@@ -13,11 +13,21 @@ It holds no event loop, resolver, cache handle or thread at any fork.
 
 The master keeps the source of the last good policy (read at start, on an accepted SIGHUP
 and when an edit of the file loads): a worker it starts runs that when the file on disk
-does not load, so a broken edit followed by a worker crash is not an outage.
+does not load, so a broken edit followed by a worker crash is not an outage. It logs a
+refused edit once (the workers only count it) and holds ``checkid_policy_refused`` at 1
+while the file on disk is refused.
+
+It records itself in the state directory (:mod:`checkid.runtime.control`): a pid file and
+its state (workers, policy, the outcome of each reload), which ``checkid reload``,
+``stats`` and ``cache flush`` read. A reload's outcome is ``ok`` once every worker of the
+new generation serves, ``refused`` with the reason, or ``failed``. Under systemd it says
+``READY=1`` once every worker serves, ``RELOADING=1``/``READY=1`` around a reload and
+``STOPPING=1`` when it drains (:mod:`checkid.runtime.notify`).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -26,16 +36,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from checkid import __version__
 from checkid import config as config_mod
 from checkid.config import Config
 from checkid.engine import policy as policy_mod
 from checkid.engine.policy import DEFAULT_PATH
 from checkid.errors import CheckidError, ConfigError, PolicyError
 from checkid.exitcodes import ExitCode
+from checkid.runtime import control, metrics, metricsserver, notify
 from checkid.runtime import listeners as listeners_mod
-from checkid.runtime import metrics, metricsserver
 from checkid.runtime import worker as worker_mod
 from checkid.runtime.logs import reopen_logs, setup_logging
 from checkid.runtime.process import describe, drop_privileges, exit_now, name_process, state_dir
@@ -49,6 +60,8 @@ MAX_BACKOFF = 10.0
 #: a hung worker gets SIGABRT (its traceback goes to the log), then SIGKILL this much later
 ABORT_SECONDS = 1.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+#: seconds between the loop's passes when no signal comes (readiness and flushes show this fast)
+PASS_SECONDS = 0.25
 
 
 @dataclass
@@ -62,6 +75,8 @@ class WorkerProc:
     retiring: bool = False
     #: when it was sent SIGABRT for a silent event loop (0: never)
     aborted: float = 0.0
+    #: what it last wrote into its heartbeat file
+    status: control.WorkerStatus = field(default_factory=control.WorkerStatus)
 
 
 @dataclass
@@ -83,6 +98,12 @@ class Master:
     policy_source: bytes = b""
     #: (mtime_ns, size) of the policy file last loaded or refused by the master
     policy_stamp: tuple[int, int] | None = None
+    #: why the policy file on disk is refused ("" while it loads)
+    policy_error: str = ""
+    #: READY=1 sent: every worker of the first generation served
+    ready: bool = False
+    #: the last reloads, oldest first: seq, started (monotonic), generation, result, reason
+    reloads: list[dict[str, Any]] = field(default_factory=list)
 
     # -- set-up ---------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -92,17 +113,28 @@ class Master:
         self.cache_path = str(self.state_dir / "cache")
         self.metrics_dir = self.config.metrics.dir or str(self.state_dir / "metrics")
         self.pid = os.getpid()
+        self.started = time.time()
+        self._published = b""
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         metrics.prepare_dir(self.metrics_dir)
         self.exporter = metrics.Exporter()
+        import prometheus_client as prom
+
+        self.policy_refused = prom.Gauge(
+            "checkid_policy_refused", "1 while the policy file on disk is refused (the last good one serves)",
+            multiprocess_mode="livemax", registry=None)
+        log.info("checkid %s: configuration %s, policy %s", __version__,
+                 self.config_path or "(embedded defaults)", self.policy_path)
         self._load_policy(self.config)  # refuse a bad policy before binding
         self._check_engine(self.config)
         if self.config.cache.shared:
             self._check_cache()
         self.listeners = [listeners_mod.bind(c, self.nworkers) for c in self.config.listen]
         drop_privileges(self.config, [self.state_dir, Path(self.cache_path), Path(self.metrics_dir)])
+        control.write_atomic(self.state_dir / control.PID_FILE, f"{self.pid}\n".encode())
+        self.publish()
         for sig in SIGNALS:
             signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
         for listener in self.listeners:
@@ -137,16 +169,24 @@ class Master:
         Engine(config)
         registry.check(config)
 
+    @property
+    def policy_path(self) -> str:
+        return str(self.config.policy.path or DEFAULT_PATH)
+
     def _load_policy(self, config: Config) -> None:
         """Load ``config``'s policy file and keep its source. :raises PolicyError:"""
         path = config.policy.path or DEFAULT_PATH
         stamp = _stamp(path)
         try:
             policy = policy_mod.load(path)
-        except PolicyError:
+        except PolicyError as e:
             self.policy_stamp = stamp
+            self.policy_error = str(e)
+            self.policy_refused.set(1)
             raise
         self.policy_source, self.policy_stamp = policy.source, stamp
+        self.policy_error = ""
+        self.policy_refused.set(0)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -156,11 +196,12 @@ class Master:
         status = ExitCode.OK
         while True:
             try:
-                signum: int | None = self.signals.get(timeout=1.0)
+                signum: int | None = self.signals.get(timeout=PASS_SECONDS)
             except queue.Empty:
                 signum = None
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("master: %s, draining", signal.Signals(signum).name)
+                self._finish_reload("failed", "the daemon was stopped")
                 break
             if signum == signal.SIGHUP:
                 self.handle_hup()
@@ -168,16 +209,90 @@ class Master:
                 self.handle_usr1()
             if self.reap_workers():
                 log.error("a worker could not start; stopping")
+                self._finish_reload("failed", "a worker of the new generation could not start (see the log)")
                 status = ExitCode.CANNOT_START
                 break
             self.kill_hung_workers()
             self.follow_policy_edits()
             self.maintain_worker_count()
-        self.stop()
+            self.read_worker_status()
+            self.publish()
+        notify.notify("STOPPING=1")
+        self.publish()
+        try:
+            self.stop()
+        finally:
+            for name in (control.PID_FILE, control.STATE_FILE):
+                try:
+                    (self.state_dir / name).unlink()
+                except OSError:
+                    pass
         return status
+
+    # -- what the master tells the commands and systemd ------------------------------------
+    def read_worker_status(self) -> None:
+        """Read each worker's status; say READY=1, and finish a reload, once every worker
+        of the current generation serves."""
+        for proc in self.workers.values():
+            try:
+                proc.status = control.decode_status(os.pread(proc.heartbeat.fileno(), control.STATUS_SIZE, 0))
+            except OSError:
+                pass
+        current = [p for p in self.workers.values() if p.generation == self.generation and not p.retiring]
+        if len(current) < self.nworkers or not all(p.status.serving for p in current):
+            return
+        if not self.ready:
+            self.ready = True
+            log.info("master %d: ready, %d workers serving", self.pid, len(current))
+            notify.notify("READY=1", f"STATUS=serving, {len(current)} workers")
+        if self.reloads and self.reloads[-1]["result"] == "pending" \
+                and self.reloads[-1]["generation"] == self.generation:
+            self._finish_reload("ok", f"worker generation {self.generation} serving")
+
+    def _start_reload(self) -> None:
+        for earlier in self.reloads:
+            if earlier["result"] == "pending":  # its workers are being replaced too
+                earlier.update(result="ok", reason="superseded by a later reload")
+        self.reloads = [*self.reloads, {"seq": (self.reloads[-1]["seq"] + 1) if self.reloads else 1,
+                                        "started": time.monotonic(), "generation": self.generation,
+                                        "result": "pending", "reason": ""}][-control.RELOADS_KEPT:]
+        notify.reloading()
+        self.publish()
+
+    def _finish_reload(self, result: str, reason: str) -> None:
+        if not self.reloads or self.reloads[-1]["result"] != "pending":
+            return
+        self.reloads[-1].update(result=result, reason=reason, finished=time.monotonic())
+        if result != "failed":
+            notify.notify("READY=1", f"STATUS=reload {result}: {reason}")
+        self.publish()
+
+    def publish(self) -> None:
+        """Rewrite the state file when what it says changed."""
+        state = {
+            "pid": self.pid, "version": __version__, "started": self.started,
+            "config": self.config_path or "", "state_dir": str(self.state_dir),
+            "metrics_dir": self.metrics_dir, "cache": self.cache_path if self.config.cache.shared else "",
+            "policy": {"path": self.policy_path, "refused": bool(self.policy_error), "error": self.policy_error},
+            "generation": self.generation, "ready": self.ready, "workers_wanted": self.nworkers,
+            "workers": [{"pid": p.pid, "slot": p.slot, "generation": p.generation, "retiring": p.retiring,
+                         "serving": p.status.serving, "flushed": p.status.flushed, "entries": p.status.entries}
+                        for p in sorted(self.workers.values(), key=lambda p: (p.slot, p.pid))],
+            "reloads": self.reloads,
+        }
+        data = json.dumps(state, sort_keys=True).encode()
+        if data == self._published:
+            return
+        try:
+            control.write_atomic(self.state_dir / control.STATE_FILE, data)
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.state_dir / control.STATE_FILE, e.strerror or e)
+            return
+        self._published = data
 
     def handle_hup(self) -> None:
         """Reload configuration and policy; replace the workers only if both are good."""
+        self._start_reload()
         try:
             new = config_mod.load(self.config_path) if self.config_path else self.config
             self._check_engine(new)
@@ -185,6 +300,7 @@ class Master:
         except (ConfigError, PolicyError) as e:
             self.exporter.counters["config_reloads"].labels("failed").inc()
             log.error("reload refused, the running configuration stays: %s", e)
+            self._finish_reload("refused", str(e))
             return
         if new.listen != self.config.listen or new.server.workers != self.config.server.workers:
             log.warning("listeners and worker count change only with a restart; keeping them")
@@ -195,6 +311,7 @@ class Master:
         for proc in self.workers.values():
             proc.retiring = True
         self.exporter.counters["config_reloads"].labels("ok").inc()
+        self.reloads[-1]["generation"] = self.generation
         log.info("reloaded; starting worker generation %d", self.generation)
         self.maintain_worker_count()  # new workers first, on the same sockets
         for proc in list(self.workers.values()):
@@ -213,10 +330,15 @@ class Master:
         path = self.config.policy.path or DEFAULT_PATH
         if _stamp(path) == self.policy_stamp:
             return
+        refused_before = bool(self.policy_error)
         try:
             self._load_policy(self.config)
         except PolicyError as e:
-            log.debug("policy edit refused; new workers fall back on the last good one: %s", e)
+            # logged here once for every worker (each counts its own refusal)
+            log.error("policy refused, the previous one keeps serving: %s", e)
+            return
+        if refused_before:
+            log.info("policy %s loads again", path)
 
     def reap_workers(self) -> bool:
         """Collect exited children; True when a worker failed to boot."""
@@ -294,7 +416,7 @@ class Master:
             slot=slot, config=self.config,
             sockets=[(lst.config, lst.for_slot(slot)) for lst in self.listeners],
             heartbeat_fd=heartbeat.fileno(), master_pid=self.pid, cache_path=self.cache_path,
-            policy_source=self.policy_source,
+            policy_source=self.policy_source, state_dir=str(self.state_dir),
         )
         pid = os.fork()
         if pid == 0:

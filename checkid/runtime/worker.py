@@ -5,29 +5,35 @@ Everything that owns a thread, a loop or an LMDB handle is created here, after t
 The worker ticks from inside its event loop: a heartbeat the master watches (a stalled
 loop stops ticking: the master sends SIGABRT, whose traceback ``faulthandler`` writes into
 the log, then replaces it), a parent check (the worker leaves if the master is gone), the
-policy file check (an edit is live within ``policy.reload_interval``), and the metrics sync.
+policy file check (an edit is live within ``policy.reload_interval``), the cache flush
+requests (``checkid cache flush``: the named entries leave its memory layer), and the
+metrics sync. Its heartbeat file also holds its status (:mod:`checkid.runtime.control`):
+serving or not, the last flush applied, its memory layer's size. A refused policy edit is
+counted here and logged by the master, once for all workers.
 SIGTERM/SIGINT: stop accepting, let each connection finish its work within
 ``server.grace`` (an idle one closes at once), exit 0.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import uvloop
 
-from checkid.engine.dns.cache import Cache, LayeredCache, MemoryCache
+from checkid.engine.dns.cache import Cache, LayeredCache, MemoryCache, mentions
 from checkid.config import Config, ListenConfig
 from checkid.engine.engine import Engine
 from checkid.errors import PolicyError
 from checkid.exitcodes import ExitCode
 from checkid.protocols.base import ServerState
+from checkid.runtime.control import FlushFollower, WorkerStatus, encode_status
 from checkid.runtime.logs import enable_faulthandler, reopen_logs
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ class WorkerSpec:
     cache_path: str
     #: the last good policy the master knows: what the engine runs when the file does not load
     policy_source: bytes | None = None
+    #: where the master and the commands keep their records (cache flush requests)
+    state_dir: str = ""
 
 
 def boot_signals() -> None:
@@ -78,10 +86,12 @@ class Worker:
         self.spec = spec
         self.stop = asyncio.Event()
         self.serving = False
+        #: the cache flush requests, read from the state directory the master names
+        self.flushes = FlushFollower(spec.state_dir) if spec.state_dir else None
 
     def _cache(self) -> Cache:
         config = self.spec.config
-        memory = MemoryCache(config.dns.cache_size)
+        self.memory = memory = MemoryCache(config.dns.cache_size)
         if not config.cache.shared:
             return memory
         from checkid.runtime.lmdbcache import LmdbCache
@@ -116,6 +126,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads by replacing workers
         ticker = asyncio.ensure_future(self._tick())
         self.serving = True
+        self._report()
         log.info("worker %d serving (pid %d)", spec.slot, os.getpid())
         await self.stop.wait()
 
@@ -143,6 +154,8 @@ class Worker:
         last_policy_check = last_sweep = time.monotonic()
         while True:
             now = time.monotonic()
+            self._follow_flushes()
+            self._report()
             os.utime(spec.heartbeat_fd, (now, now))
             if os.getppid() != spec.master_pid:
                 log.error("worker %d: the master is gone; stopping", spec.slot)
@@ -156,6 +169,25 @@ class Worker:
             self._sync()
             await asyncio.sleep(interval)
 
+    def _report(self) -> None:
+        """Write this worker's status into its heartbeat file, for the master to read."""
+        status = WorkerStatus(self.serving, self.flushes.applied if self.flushes else 0, len(self.memory))
+        os.pwrite(self.spec.heartbeat_fd, encode_status(status), 0)
+
+    def _follow_flushes(self) -> None:
+        if self.flushes is None:
+            return
+        names = self.flushes.poll()
+        if not names:
+            return
+        if None in names:
+            self.memory.flush()
+            log.info("worker %d: memory cache flushed", self.spec.slot)
+            return
+        for name in filter(None, names):
+            gone = self.memory.drop(functools.partial(_mentioned, name))
+            log.info("worker %d: %d cache entries for %s flushed", self.spec.slot, gone, name)
+
     def _check_policy(self) -> None:
         engine = self.engine
         if not engine.policy.changed():
@@ -164,7 +196,11 @@ class Worker:
             engine.policy.reload()
         except PolicyError as e:
             engine.counts[("policy_reload_failures",)] += 1
-            log.error("worker %d: policy refused, the previous one keeps serving: %s", self.spec.slot, e)
+            log.debug("worker %d: policy refused, the previous one keeps serving: %s", self.spec.slot, e)
             return
         engine.counts[("policy_reloads",)] += 1
         log.info("worker %d: policy %s reloaded", self.spec.slot, engine.policy.current.path)
+
+
+def _mentioned(name: str, key: Hashable) -> bool:
+    return mentions(key, name)

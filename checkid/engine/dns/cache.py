@@ -6,7 +6,7 @@ cross-process layer slots in underneath without touching callers.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +18,24 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     puts: int = 0
+
+
+def mentions(key: Hashable, name: str) -> bool:
+    """Whether the cache key ``key`` is about the DNS name ``name`` or a name under it: an
+    answer (``(name, type)``), or an SPF result for it as the sender domain or the HELO name
+    (``("spf", ip, domain)``, ``("spf", ip, sender, helo)``). For flushing one name."""
+    name = name.lower().rstrip(".")
+    if not isinstance(key, tuple):
+        return False
+    if len(key) == 2:
+        return isinstance(key[0], str) and _under(key[0], name)
+    if len(key) in (3, 4) and key[0] == "spf":
+        return any(isinstance(part, str) and _under(part.lower().rpartition("@")[2], name) for part in key[2:])
+    return False
+
+
+def _under(owner: str, name: str) -> bool:
+    return owner == name or owner.endswith("." + name)
 
 
 class Cache(Protocol):
@@ -67,6 +85,13 @@ class MemoryCache:
 
     def flush(self) -> None:
         self._data.clear()
+
+    def drop(self, matches: Callable[[Hashable], bool]) -> int:
+        """Remove every entry whose key ``matches``; returns how many went."""
+        victims = [key for key in self._data if matches(key)]
+        for key in victims:
+            del self._data[key]
+        return len(victims)
 
     def __len__(self) -> int:
         return len(self._data)
