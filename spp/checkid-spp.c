@@ -5,7 +5,8 @@
  * qmail-spp (spp.c) vforks and execs every plugin of a section once per SMTP
  * command, with stdin closed, and reads its stdout line by line. So this
  * program does one thing and exits: read the environment, send one
- * ["checkID", [IP, nil, HELO, MAIL FROM, [RCPT]]] request, wait at most
+ * ["checkID", [IP, nil, HELO, MAIL FROM, [RCPT], [], nil, false]] request
+ * (no message will follow: the engine decides now, without DKIM), wait at most
  * CHECKID_SPP_TIMEOUT_MS for the answer, print qmail-spp commands:
  *
  *   E<code> <xcode> <text>   REJECT / TEMPFAIL: refuse this command
@@ -143,6 +144,7 @@ static void mp_uint(struct out *o, uint32_t v)
 }
 
 static void mp_nil(struct out *o) { put_byte(o, 0xc0); }
+static void mp_false(struct out *o) { put_byte(o, 0xc2); }
 
 static void mp_str(struct out *o, const char *s)
 {
@@ -718,7 +720,7 @@ int main(int argc, char **argv)
     mp_uint(&o, 0);
     mp_uint(&o, msgid);
     mp_str(&o, "checkID");
-    mp_array(&o, 5);
+    mp_array(&o, 8);
     mp_str_or_nil(&o, getenv("TCPREMOTEIP"));
     mp_nil(&o); /* ID: qmail has no ID command; the engine falls back to HELO, then MAIL FROM */
     mp_str_or_nil(&o, getenv("SMTPHELOHOST"));
@@ -726,6 +728,9 @@ int main(int argc, char **argv)
     rcpt = stage == STAGE_RCPT ? getenv("SMTPRCPTTO") : NULL;
     mp_array(&o, rcpt ? 1 : 0);
     if (rcpt) mp_str(&o, rcpt);
+    mp_array(&o, 0); /* Hdrs, */
+    mp_nil(&o);      /* Body: qmail-spp has no end-of-data hook, */
+    mp_false(&o);    /* MessageFollows: so the engine must decide now, never CONTINUE */
 
     if (o.full) why = "request too large";
     else if (ask(&srv, req, o.len, msgid, now_ms() + timeout_ms, resp, &v, &why) == DEC_OK) {

@@ -61,6 +61,10 @@ def test_cli_query_trace_shows_stages_and_cache(dns):
     stages = [line.split()[0] for line in lines]
     assert stages.index("prescreen") < stages.index("registry") < stages.index("methods")
     assert any("example.com.registry.test TXT" in line and "[query]" in line for line in lines)
+    # the SPF record was asked with the registry's (one round trip): a query, not a cache hit
+    assert any(line.startswith("dns") and "example.com TXT: \"v=spf1" in line and "[query, prefetched]" in line
+               for line in lines)
+    assert not any("[cache]" in line for line in lines)  # a fresh process has nothing cached
     assert lines[-2:] == ["ACCEPT 250 Sender OK",
                           "Authent: 192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"]
 

@@ -12,7 +12,7 @@ from testsupport.processes import Checkid, free_port, world_readable_tmpdir
 def query(*args):
     out = subprocess.run([sys.executable, "-m", "checkid", "query", *args], capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode in (0, 1), out.stderr  # ACCEPT or REJECT
+    assert out.returncode in (0, 1, 4), out.stderr  # ACCEPT, REJECT or FILTER (the documented exit codes)
     return json.loads(out.stdout)
 
 
@@ -28,6 +28,13 @@ def test_query_through_a_unix_socket_equals_in_process(dns_server):
             remote = query("192.0.2.1", ident, "--server", f"unix:{sock}", "--json")
             local = query("192.0.2.1", ident, "--json", "-c", str(checkid.config))
             assert remote == local
+        # --trace against the running engine: its stages, then the decision
+        traced = subprocess.run([sys.executable, "-m", "checkid", "query", "192.0.2.1", "example.com", "--server",
+                                 f"unix:{sock}", "--trace"], capture_output=True, text=True, timeout=60)
+        assert traced.returncode == 0, traced.stderr
+        lines = traced.stdout.splitlines()
+        assert any(line.split()[:1] == ["registry"] for line in lines)
+        assert any(line.startswith("ACCEPT 250") for line in lines)
         log = checkid.log.read_text()
     assert "msgpack-rpc queue_id=- ip=192.0.2.1 id=example.net" in log and "action=REJECT code=550" in log
 

@@ -125,6 +125,13 @@ def test_spp_at_rcpt_rejects_but_adds_no_header_twice(plugin, engine):
     assert (accepted.returncode, accepted.stdout) == (0, "")  # qmail keeps H lines until DATA: once, at MAIL
 
 
+def test_spp_gets_a_final_decision_for_an_identity_only_dkim_can_authenticate(plugin, engine):
+    # at MAIL a DKIM-only identity would be CONTINUE (no opinion for qmail-spp); told that no
+    # message follows, the engine skips DKIM and decides: unauthenticated, to the spam filter
+    out = run_spp(plugin.with_name("checkid-spp-mail"), spp_env(engine.unix, helo="dkim.example"))
+    assert unfold(commands(out.stdout)) == ["Authent: 192.0.2.1 dkim.example NONE NONE ratings="]
+
+
 def test_spp_takes_the_stage_from_its_argument_in_the_shell_form(plugin, engine):
     env = spp_env(engine.unix, helo="example.com", rcpt="bob@example.org")
     assert commands(run_spp(plugin, env, "mail").stdout) == [AUTHENT_LINE]
@@ -299,9 +306,11 @@ def test_spp_sends_the_contract_params_for_the_stage(plugin, fake):
     env["SMTPMAILFROM"] = long_sender
     run_spp(plugin.with_name("checkid-spp-mail"), env)
     params = [(r[0], r[2], r[3]) for r in server.requests]
-    assert params == [(0, "checkID", ["192.0.2.1", None, "helo.example", "", []]),
-                      (0, "checkID", ["192.0.2.1", None, "helo.example", "a@b.example", ["r@c.example"]]),
-                      (0, "checkID", [None, None, None, long_sender, []])]
+    # the contract's params, then MessageFollows false: qmail-spp cannot ask again at end of data
+    assert params == [(0, "checkID", ["192.0.2.1", None, "helo.example", "", [], [], None, False]),
+                      (0, "checkID", ["192.0.2.1", None, "helo.example", "a@b.example", ["r@c.example"], [], None,
+                                      False]),
+                      (0, "checkID", [None, None, None, long_sender, [], [], None, False])]
 
 
 @pytest.mark.parametrize("action", ["CONTINUE", "DISCARD", "SOMETHING-NEW"])

@@ -75,7 +75,7 @@ class _Session:
             answer = entry[0]
             self.expires = min(self.expires, entry[1])
             if self.trace is not None:
-                self.trace.add("dns", f"{key[0]} {qtype}: {answer.describe()} [cache]")
+                self.trace.add("dns", f"{key[0]} {qtype}: {answer.describe()} {self.trace.source(key)}")
             self.learn(key, answer)
         if answer.is_error:
             self.error = True
@@ -99,7 +99,7 @@ class _Session:
             if any(b"%" in chunk for rec in answer.records for chunk in rec):
                 self.macros = True
             for target in chain_targets(answer.records):
-                self.client.prefetch(target, "TXT")
+                self.client.prefetch(target, "TXT", self.trace)
 
 
 def chain_targets(records: tuple[Any, ...]) -> list[str]:

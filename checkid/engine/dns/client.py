@@ -120,12 +120,12 @@ class DnsClient:
         if answer is None:
             self.counts[("cache_lookups", "all", "miss")] += 1
             for other in alongside:
-                self.prefetch(*other)
+                self.prefetch(*other, trace=trace)
         else:
             self.counts[("cache_lookups", getattr(self.cache, "last_layer", "l1"),
                          "negative_hit" if answer.negative else "hit")] += 1
             if trace is not None:
-                trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [cache]")
+                trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} {trace.source(key)}")
             return answer
         future = self._inflight.get(key)
         if future is None:
@@ -147,7 +147,7 @@ class DnsClient:
             trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
         return answer
 
-    def prefetch(self, name: str, rdtype: str) -> None:
+    def prefetch(self, name: str, rdtype: str, trace: Trace | None = None) -> None:
         """Start looking ``name`` up unless it is cached or asked already; do not wait for it.
 
         The answer lands in the cache, and a :meth:`resolve` meanwhile joins the query in
@@ -157,6 +157,8 @@ class DnsClient:
         if key in self._inflight or self.cache.get(key, self.clock()) is not None:
             return
         self.counts[("dns_prefetches", rdtype)] += 1
+        if trace is not None:
+            trace.prefetched.add(key)
         self._start(key)
 
     def _start(self, key: CacheKey) -> asyncio.Future[DnsAnswer]:

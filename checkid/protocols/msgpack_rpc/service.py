@@ -1,17 +1,22 @@
 """The methods a MessagePack-RPC client may call, over the :class:`Decider`. No I/O of its own."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from checkid.engine.contract import envelope
 from checkid.engine.decision import Envelope
+from checkid.engine.trace import Trace
 from checkid.errors import CheckidError
 from checkid.protocols.base import ServerState
 from checkid.protocols.decider import Decider, timed_decide
 
-#: the contract's parameter names, in order
-CHECKID_PARAMS = ("IP", "ID", "H", "S", "R", "Hdrs", "Body")
+#: the contract's parameter names, in order, then this protocol's own: ``MessageFollows``
+#: (default true) false from a caller that cannot ask again with the message (qmail-spp),
+#: so that a method needing the message is skipped instead of answered CONTINUE
+CONTRACT_PARAMS = ("IP", "ID", "H", "S", "R", "Hdrs", "Body")
+CHECKID_PARAMS = (*CONTRACT_PARAMS, "MessageFollows")
 #: bound on a message body handed over for a decision
 MAX_BODY = 1024 * 1024
 
@@ -27,6 +32,7 @@ class RpcService:
         self.front = front
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             "checkID": self.check_id,
+            "trace": self.trace,
             "ping": self.ping,
             "stats": self.stats,
         }
@@ -43,6 +49,14 @@ class RpcService:
         decision = await timed_decide(self.decider, checkid_envelope(params), self.front)
         action, reply, headers = decision.as_tuple()
         return [action, list(reply), headers]
+
+    async def trace(self, params: list[Any]) -> list[Any]:
+        """``checkID`` with what each stage did: ``[[action, reply, headers], [[stage, message], ...]]``
+        (``checkid query --server ... --trace``)."""
+        trace = Trace()
+        decision = await self.decider.decide(checkid_envelope(params), trace, frontend=self.front)
+        action, reply, headers = decision.as_tuple()
+        return [[action, list(reply), headers], [list(line) for line in trace.lines]]
 
     def ping(self, params: list[Any]) -> str:
         if params:
@@ -88,5 +102,9 @@ def checkid_envelope(params: list[Any]) -> Envelope:
         raise RpcError("checkID: Body must be a string, binary or nil")
     if body is not None and len(body) > MAX_BODY:
         raise RpcError(f"checkID: Body longer than {MAX_BODY} bytes")
-    return envelope(args.get("IP"), args.get("ID"), args.get("H"), args.get("S"), rcpts,
-                    [tuple(h) if isinstance(h, list) else h for h in hdrs], body)
+    follows = args.get("MessageFollows", True)
+    if not isinstance(follows, bool):
+        raise RpcError("checkID: MessageFollows must be true or false")
+    env = envelope(args.get("IP"), args.get("ID"), args.get("H"), args.get("S"), rcpts,
+                   [tuple(h) if isinstance(h, list) else h for h in hdrs], body)
+    return env if follows else dataclasses.replace(env, message_follows=False)

@@ -20,3 +20,25 @@ def test_a_body_is_bounded_below_the_codecs_message_bound():
     checkid_envelope([{"IP": "192.0.2.1", "Body": b"x" * MAX_BODY}])
     with pytest.raises(RpcError, match=f"Body longer than {MAX_BODY} bytes"):
         checkid_envelope([{"IP": "192.0.2.1", "Body": b"x" * (MAX_BODY + 1)}])
+
+
+def test_message_follows_false_says_no_message_will_come():
+    assert not checkid_envelope(["192.0.2.1", None, "dkim.example", None, [], [], None, False]).message_follows
+    assert not checkid_envelope([{"IP": "192.0.2.1", "MessageFollows": False}]).message_follows
+    assert checkid_envelope([{"IP": "192.0.2.1", "MessageFollows": True}]).message_follows
+    with pytest.raises(RpcError, match="MessageFollows must be true or false"):
+        checkid_envelope([{"IP": "192.0.2.1", "MessageFollows": "no"}])
+
+
+def test_trace_answers_the_decision_and_what_each_stage_did(make_engine):
+    from checkid.protocols.base import ServerState
+    from checkid.protocols.msgpack_rpc.service import RpcService
+    from tests.conftest import run
+    service = RpcService(make_engine(), ServerState())
+    (action, reply, headers), lines = run(service.call("trace", ["192.0.2.1", "example.com"]))
+    assert (action, reply) == ("ACCEPT", [250, "", "Sender OK"])
+    stages = [stage for stage, _message in lines]
+    assert stages.index("prescreen") < stages.index("registry") < stages.index("methods")
+    # a DKIM-only identity, no message to follow: decided now, not CONTINUE
+    (action, _, _), _ = run(service.call("trace", ["192.0.2.1", None, "dkim.example", None, [], [], None, False]))
+    assert action == "FILTER"
