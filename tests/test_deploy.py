@@ -8,11 +8,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from checkid import config as config_mod
 from checkid.config import Config
 from checkid.engine.decision import Action
-from checkid.protocols.postfix_policy import codec as pol
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.policy import ask
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,30 +60,6 @@ def every_metric_exposition(tmp_path):
     return exposition_labels(out.stdout)
 
 
-def eventually(predicate, what):
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {WAIT_SECONDS} s")
-
-
-def ask(port, helo, ip="192.0.2.1"):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
-                                      "client_address": ip, "helo_name": helo, "sender": "",
-                                      "recipient": "u@example.org", "instance": ""}))
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionResetError("closed without a reply")
-            data += chunk
-    return pol.parse_reply(data)
-
-
 def live_exposition(dns, workdir):
     """GET /metrics of a real ``checkid serve`` after an ACCEPT, a pre-screen REJECT, a
     TEMPFAIL (the registry answers SERVFAIL), a refused reload and a killed worker."""
@@ -114,7 +88,7 @@ block_files = ["{drop}"]
         assert ask(port, "slow.example").startswith("4")
         checkid.config.write_text(checkid.config.read_text() + "\n[server.nonsense]\n")  # refused
         checkid.proc.send_signal(signal.SIGHUP)
-        eventually(lambda: "reload refused" in checkid.log.read_text(), "the reload refused")
+        wait_until(lambda: "reload refused" in checkid.log.read_text(), "the reload refused", WAIT_SECONDS)
         url = f"http://127.0.0.1:{checkid.metrics_port}/metrics"
 
         def scraped(*wanted):
@@ -122,11 +96,12 @@ block_files = ["{drop}"]
             return text if all(w in text for w in wanted) else None
 
         # the worker's counts reach the metric files once a tick: kill it only after
-        eventually(lambda: scraped('action="TEMPFAIL"', 'result="failed"'), "the decisions in /metrics")
-        worker = int(eventually(lambda: re.findall(r"worker 0 serving \(pid (\d+)\)", checkid.log.read_text()),
-                                "the worker")[0])
+        wait_until(lambda: scraped('action="TEMPFAIL"', 'result="failed"'), "the decisions in /metrics", WAIT_SECONDS)
+        worker = int(wait_until(lambda: re.findall(r"worker 0 serving \(pid (\d+)\)", checkid.log.read_text()),
+                                "the worker", WAIT_SECONDS)[0])
         os.kill(worker, signal.SIGKILL)
-        text = eventually(lambda: scraped('checkid_worker_restarts_total{reason="killed"}'), "the restart")
+        text = wait_until(lambda: scraped('checkid_worker_restarts_total{reason="killed"}'),
+                          "the restart", WAIT_SECONDS)
         return exposition_labels(text)
 
 

@@ -12,10 +12,9 @@ import socket
 import subprocess
 import time
 import typing
-from collections.abc import Callable
 from pathlib import Path
 
-from testsupport.processes import READY_SECONDS, wait_for_port, world_readable_tmpdir
+from testsupport.processes import READY_SECONDS, wait_for_port, wait_until, world_readable_tmpdir
 
 POSTFIX_DIR = Path("/etc/postfix")
 
@@ -149,15 +148,6 @@ class Postfix(Throwaway):
 #: the queue directories a message can be in (postconf(5) queue_directory; "maildrop" for
 #: local submissions)
 POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
-
-
-def wait_until(condition: Callable[[], object], what: str, seconds: float = READY_SECONDS) -> None:
-    """Poll ``condition`` until it is true; bounded in time (``what`` names it in the error)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} (after {seconds:.0f} s)")
-        time.sleep(0.02)
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 #: bound on waiting for a process to become ready
 READY_SECONDS = 30.0
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -33,6 +37,17 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, second
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {seconds:.0f} s")
+
+
+def wait_until(condition: Callable[[], T], what: str, seconds: float = READY_SECONDS) -> T:
+    """Poll ``condition`` until it returns a true value, and return that value; bounded in
+    time (``what`` names it in the error)."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (after {seconds:.0f} s)")
+        time.sleep(0.02)
+    return value
 
 
 def connections_taken(port: int) -> int:

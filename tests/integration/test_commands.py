@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,40 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import checkid
 from checkid.engine.policy import DEFAULT_PATH
-from checkid.protocols.postfix_policy import codec as pol
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.policy import ask
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 WAIT_SECONDS = 20.0
-
-
-def eventually(predicate, seconds=WAIT_SECONDS, what="condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {seconds} s")
 
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "checkid", *args], capture_output=True, text=True, timeout=90,
                           env={**os.environ, **(env or {})})
-
-
-def ask(port, helo="example.com", ip="192.0.2.1"):
-    """One policy request on a new connection (SO_REUSEPORT spreads them over the workers)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
-                                      "client_address": ip, "helo_name": helo, "sender": "",
-                                      "recipient": "u@example.org", "instance": ""}))
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionResetError("closed without a reply")
-            data += chunk
-    return pol.parse_reply(data)
 
 
 def gauge(port, name):
@@ -90,14 +64,14 @@ def test_version_is_printed_and_logged_with_the_files_in_use(dns_server, workdir
     out = run("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"checkid {checkid.__version__}"
     with daemon(dns_server, workdir, workers=1) as d:
-        eventually(lambda: "ready" in d.log.read_text(), what="ready")
+        wait_until(lambda: "ready" in d.log.read_text(), "ready", WAIT_SECONDS)
         log = d.log.read_text()
     assert f"checkid {checkid.__version__}: configuration {d.config}, policy {DEFAULT_PATH}" in log
 
 
 def test_stats_sums_every_worker_and_shows_workers_policy_and_cache(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as d:
-        eventually(lambda: serving(d), what="two workers serving")
+        wait_until(lambda: serving(d), "two workers serving", WAIT_SECONDS)
         replies = [ask(d.port) for _ in range(30)]
         assert all(r.startswith("PREPEND Authent:") for r in replies)
 
@@ -105,7 +79,7 @@ def test_stats_sums_every_worker_and_shows_workers_policy_and_cache(dns_server, 
             s = stats(d)
             counted = sum(c["value"] for c in s["counters"].get("decisions", [])) == 30
             return s if counted and s["cache"]["l1"]["entries"] else None  # both reported once a tick
-        s = eventually(decided, what="30 decisions counted over both workers")
+        s = wait_until(decided, "30 decisions counted over both workers", WAIT_SECONDS)
         assert s["running"] and s["workers"] == {"running": 2, "wanted": 2, "serving": 2}
         assert s["policy"]["refused"] is False and s["uptime"] >= 0
         cache = s["cache"]
@@ -119,7 +93,7 @@ def test_reload_waits_for_the_outcome_and_exits_non_zero_when_refused(dns_server
     policy = workdir / "site.py"
     policy.write_text(DEFAULT_PATH.read_text())
     with daemon(dns_server, workdir, extra=f'[policy]\npath = "{policy}"\n') as d:
-        eventually(lambda: serving(d), what="two workers serving")
+        wait_until(lambda: serving(d), "two workers serving", WAIT_SECONDS)
         first = run("reload", "-c", str(d.config))
         assert first.returncode == 0 and "reloaded" in first.stdout, first.stderr
         # the new generation serves when reload returns
@@ -144,22 +118,22 @@ def test_a_refused_policy_edit_is_logged_once_and_raises_the_gauge(dns_server, w
     source = DEFAULT_PATH.read_text()
     policy.write_text(source)
     with daemon(dns_server, workdir, extra=f'[policy]\npath = "{policy}"\n') as d:
-        eventually(lambda: serving(d), what="two workers serving")
+        wait_until(lambda: serving(d), "two workers serving", WAIT_SECONDS)
         assert gauge(d.metrics_port, "checkid_policy_refused") == 0
         policy.write_text("async def decide(ctx):\n    return (\n")
-        eventually(lambda: gauge(d.metrics_port, "checkid_policy_refused") == 1, what="gauge raised")
-        eventually(lambda: stats(d)["counters"].get("policy_reload_failures", [{}])[0].get("value") == 2,
-                   what="both workers refused it")
+        wait_until(lambda: gauge(d.metrics_port, "checkid_policy_refused") == 1, "gauge raised", WAIT_SECONDS)
+        wait_until(lambda: stats(d)["counters"].get("policy_reload_failures", [{}])[0].get("value") == 2,
+                   "both workers refused it", WAIT_SECONDS)
         assert stats(d)["policy"]["refused"] is True
         assert d.log.read_text().count("policy refused, the previous one keeps serving") == 1
         policy.write_text(source.replace("REJECT_STATUS = 7", "REJECT_STATUS = 10"))
-        eventually(lambda: gauge(d.metrics_port, "checkid_policy_refused") == 0, what="gauge lowered")
+        wait_until(lambda: gauge(d.metrics_port, "checkid_policy_refused") == 0, "gauge lowered", WAIT_SECONDS)
 
 
 def test_cache_show_and_flush_reach_every_worker(dns_server, dns, workdir):
     registry_name = "example.com.registry.test"
     with daemon(dns_server, workdir) as d:
-        eventually(lambda: serving(d), what="two workers serving")
+        wait_until(lambda: serving(d), "two workers serving", WAIT_SECONDS)
         assert all(ask(d.port).startswith("PREPEND Authent:") for _ in range(20))
         shown = run("cache", "show", registry_name, "-c", str(d.config), "--json")
         assert shown.returncode == 0, shown.stderr

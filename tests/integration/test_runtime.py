@@ -18,39 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from checkid.engine.policy import DEFAULT_PATH
 from checkid.protocols.postfix_policy import codec as pol
-from testsupport.processes import Checkid, connections_taken, free_port, world_readable_tmpdir
+from testsupport.policy import ask
+from testsupport.processes import Checkid, connections_taken, free_port, wait_until, world_readable_tmpdir
 
 #: bound on every wait below
 WAIT_SECONDS = 20.0
 #: a load that nobody stopped ends by itself after this (far above the waits of any test)
 LOAD_CAP_SECONDS = 300.0
-
-
-def eventually(predicate, seconds=WAIT_SECONDS, what="condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {seconds} s")
-
-
-def ask(port, ip="192.0.2.1", helo="example.com", timeout=10.0, on_sent=None):
-    """One policy request on a new connection (so SO_REUSEPORT spreads them over workers)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
-                                      "client_address": ip, "helo_name": helo, "sender": "",
-                                      "recipient": "u@example.org", "instance": ""}))
-        if on_sent is not None:
-            on_sent()
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionResetError("closed without a reply")
-            data += chunk
-    return pol.parse_reply(data)
 
 
 def requests_in_flight(port, n):
@@ -69,8 +43,8 @@ def requests_in_flight(port, n):
     threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
         t.start()
-    eventually(lambda: len(answers) == n or (len(sent) == n and connections_taken(port) >= n),
-               what="requests in flight")
+    wait_until(lambda: len(answers) == n or (len(sent) == n and connections_taken(port) >= n),
+               "requests in flight", WAIT_SECONDS)
     return threads, answers, errors
 
 
@@ -120,7 +94,7 @@ class Load(threading.Thread):
             if not self.is_alive():
                 raise AssertionError(f"the load ended before {what}")
             return len(self.since(after)) >= n
-        eventually(enough, what=what)
+        wait_until(enough, what, WAIT_SECONDS)
 
     def stop(self):
         self.halt.set()
@@ -181,7 +155,7 @@ def workdir():
 
 def test_two_workers_serve_and_share_one_cache(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         # ps and top tell the processes apart
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in worker_pids(checkid)}
         assert names == {"checkid-w0", "checkid-w1"}
@@ -197,7 +171,7 @@ def test_two_workers_serve_and_share_one_cache(dns_server, dns, workdir):
 
 def test_without_the_shared_layer_each_worker_asks_upstream(dns_server, dns, workdir):
     with daemon(dns_server, workdir, extra="[cache]\nshared = false\n") as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         for _ in range(40):
             ask(checkid.port)
         assert dns.count("example.com.registry.test") == 2
@@ -205,33 +179,35 @@ def test_without_the_shared_layer_each_worker_asks_upstream(dns_server, dns, wor
 
 def test_a_killed_worker_is_replaced_without_refusing_connections(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         ask(checkid.port)
         with Load(checkid.port) as load:
             load.wait_for(50, what="load running")
             victim = worker_pids(checkid)[0]
             os.kill(victim, signal.SIGKILL)
             killed_at = time.monotonic()
-            eventually(lambda: len(live(worker_pids(checkid))) == 2 and len(worker_pids(checkid)) == 3,
-                       what="a replacement worker")
+            wait_until(lambda: len(live(worker_pids(checkid))) == 2 and len(worker_pids(checkid)) == 3,
+                       "a replacement worker", WAIT_SECONDS)
             load.wait_for(100, after=killed_at, what="load after the kill")
         assert load.errors["refused"] == 0
         assert all(r.startswith("PREPEND Authent:") for _, r in load.results)
         assert dns.count("example.com.registry.test") == 1  # the shared cache survived the kill
-        metrics = eventually(lambda: (m := scrape(checkid.metrics_port))
-                             and total(m, "checkid_worker_restarts_total") == 1 and m, what="restart counted")
+        metrics = wait_until(lambda: (m := scrape(checkid.metrics_port))
+                             and total(m, "checkid_worker_restarts_total") == 1 and m, "restart counted", WAIT_SECONDS)
         assert metrics["checkid_worker_restarts_total{reason=killed}"] == 1
 
 
 def test_a_stalled_worker_is_detected_and_replaced(dns_server, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         stalled = worker_pids(checkid)[1]
         os.kill(stalled, signal.SIGSTOP)  # its event loop stops ticking
-        eventually(lambda: stalled not in live([stalled]) or not _running(stalled), what="stalled worker killed")
-        eventually(lambda: len(live(worker_pids(checkid))) == 2, what="replacement")
-        metrics = eventually(lambda: (m := scrape(checkid.metrics_port))
-                             and m["checkid_worker_restarts_total{reason=hung}"] == 1 and m, what="hung counted")
+        wait_until(lambda: stalled not in live([stalled]) or not _running(stalled),
+                   "stalled worker killed", WAIT_SECONDS)
+        wait_until(lambda: len(live(worker_pids(checkid))) == 2, "replacement", WAIT_SECONDS)
+        metrics = wait_until(lambda: (m := scrape(checkid.metrics_port))
+                             and m["checkid_worker_restarts_total{reason=hung}"] == 1 and m,
+                             "hung counted", WAIT_SECONDS)
         assert metrics["checkid_workers{}"] == 2
 
 
@@ -247,7 +223,7 @@ def test_policy_edit_is_live_within_two_seconds_and_a_broken_edit_is_refused(dns
     source = DEFAULT_PATH.read_text()
     policy.write_text(source)
     with daemon(dns_server, workdir, extra=f'[policy]\npath = "{policy}"\n') as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         with Load(checkid.port, helo="example.net") as load:
             load.wait_for(20, what="load running")
             assert all(r.startswith("550 5.7.1") for _, r in load.results)
@@ -260,8 +236,8 @@ def test_policy_edit_is_live_within_two_seconds_and_a_broken_edit_is_refused(dns
 
             policy.write_text("async def decide(ctx):\n    return (\n")  # broken: refused
             broken = time.monotonic()
-            eventually(lambda: scrape(checkid.metrics_port)["checkid_policy_reload_failures_total{}"] == 2,
-                       what="both workers refused the broken policy")
+            wait_until(lambda: scrape(checkid.metrics_port)["checkid_policy_reload_failures_total{}"] == 2,
+                       "both workers refused the broken policy", WAIT_SECONDS)
             load.wait_for(40, after=broken + 2.0, what="load after the edit")
         assert load.errors == Counter()
         assert all(r.startswith("PREPEND Authent:") for r in load.since(edited + 2.0))
@@ -271,23 +247,23 @@ def test_policy_edit_is_live_within_two_seconds_and_a_broken_edit_is_refused(dns
 def test_sighup_reloads_configuration_and_refuses_a_bad_one(dns_server, dns, workdir):
     dns.set_fault("slow.example.registry.test", drop=True)
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         assert ask(checkid.port, helo="slow.example").startswith("451 4.4.3")
         text = checkid.config.read_text()
         checkid.config.write_text(text.replace("[dns]", "[policy]\non_temperror = \"filter\"\n[dns]"))
         checkid.proc.send_signal(signal.SIGHUP)
-        eventually(lambda: ask(checkid.port, helo="slow.example").startswith("PREPEND Authent:")
+        wait_until(lambda: ask(checkid.port, helo="slow.example").startswith("PREPEND Authent:")
                    and all(ask(checkid.port, helo="slow.example").startswith("PREPEND") for _ in range(10)),
-                   what="new configuration serving")
+                   "new configuration serving", WAIT_SECONDS)
         checkid.config.write_text(text.replace("[dns]", "[dns]\ntimout = 3"))  # typo: refused
         checkid.proc.send_signal(signal.SIGHUP)
-        eventually(lambda: "reload refused" in checkid.log.read_text(), what="refusal logged")
+        wait_until(lambda: "reload refused" in checkid.log.read_text(), "refusal logged", WAIT_SECONDS)
         assert all(ask(checkid.port, helo="slow.example").startswith("PREPEND") for _ in range(10))
 
 
 def test_sigterm_answers_requests_in_flight_then_exits_cleanly(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         dns.set_fault("example.com.registry.test", delay=0.4)  # below the per-try timeout (0.5 s)
         threads, answers, errors = requests_in_flight(checkid.port, 8)
         assert checkid.stop() == 0
@@ -300,13 +276,13 @@ def test_sigterm_answers_requests_in_flight_then_exits_cleanly(dns_server, dns, 
 
 def test_metrics_sum_the_counters_of_all_workers(dns_server, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         for _ in range(30):
             ask(checkid.port)
         for _ in range(10):
             ask(checkid.port, helo="example.net")
-        metrics = eventually(lambda: (m := scrape(checkid.metrics_port))
-                             and total(m, "checkid_decisions_total") == 40 and m, what="40 decisions")
+        metrics = wait_until(lambda: (m := scrape(checkid.metrics_port))
+                             and total(m, "checkid_decisions_total") == 40 and m, "40 decisions", WAIT_SECONDS)
         assert metrics["checkid_decisions_total{action=ACCEPT,frontend=policy,stage=reputation}"] == 30
         assert metrics["checkid_decisions_total{action=REJECT,frontend=policy,stage=methods}"] == 10
         assert metrics["checkid_decision_duration_seconds_count{frontend=policy}"] == 40
@@ -317,11 +293,11 @@ def test_metrics_sum_the_counters_of_all_workers(dns_server, workdir):
 
 def test_a_restarted_daemon_answers_from_the_cache_it_had(dns_server, dns, workdir):
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         assert ask(checkid.port).startswith("PREPEND Authent:")
     asked = dns.total
     with daemon(dns_server, workdir) as checkid:  # same state_dir
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         assert ask(checkid.port).startswith("PREPEND Authent: 192.0.2.1 example.com SPF1 PASS")
     assert dns.total == asked
 
@@ -346,7 +322,7 @@ def test_privileges_are_dropped_and_unix_sockets_get_their_mode(dns_server, work
     checkid.config.write_text(checkid.config.read_text().replace(
         "[server]\n", '[server]\nuser = "nobody"\ngroup = "nogroup"\n'))
     with checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         st = os.stat(sock)
         assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("nogroup").gr_gid
         for pid in [checkid.proc.pid, *worker_pids(checkid)]:
@@ -362,7 +338,7 @@ def test_privileges_are_dropped_and_unix_sockets_get_their_mode(dns_server, work
         assert stat.S_ISSOCK(os.lstat(sock).st_mode)
         assert "Traceback" not in checkid.log.read_text()
     with checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers again")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers again", WAIT_SECONDS)
         assert ask_unix(sock).startswith(b"action=PREPEND Authent:")
 
 
@@ -387,19 +363,20 @@ def test_sigusr1_reopens_the_log_file_in_every_process(dns_server, workdir):
     checkid = daemon(dns_server, workdir)
     checkid.config.write_text(checkid.config.read_text().replace("[server]\n", f'[server]\nlog_file = "{log_file}"\n'))
     with checkid:
-        eventually(lambda: log_file.exists() and len(re.findall("worker . serving", log_file.read_text())) == 2,
-                   what="workers logging to the file")
-        metrics_pid = eventually(lambda: child_pid(checkid, "checkid-metrics"), what="the metrics process")
+        wait_until(lambda: log_file.exists() and len(re.findall("worker . serving", log_file.read_text())) == 2,
+                   "workers logging to the file", WAIT_SECONDS)
+        metrics_pid = wait_until(lambda: child_pid(checkid, "checkid-metrics"), "the metrics process", WAIT_SECONDS)
         everyone = {checkid.proc.pid, metrics_pid, *worker_pids(checkid, log_file)}
         assert len(everyone) == 4
         rotated = workdir / "checkid.log.1"
         log_file.rename(rotated)  # as logrotate does
         checkid.proc.send_signal(signal.SIGUSR1)
-        eventually(lambda: log_file.exists() and reopened_by(log_file.read_text()) == everyone,
-                   what="master, both workers and the metrics process reopened")
+        wait_until(lambda: log_file.exists() and reopened_by(log_file.read_text()) == everyone,
+                   "master, both workers and the metrics process reopened", WAIT_SECONDS)
         for _ in range(20):
             ask(checkid.port)
-        eventually(lambda: log_file.read_text().count("checkid.decision") == 20, what="decisions in the new file")
+        wait_until(lambda: log_file.read_text().count("checkid.decision") == 20,
+                   "decisions in the new file", WAIT_SECONDS)
         assert "checkid.decision" not in rotated.read_text()
 
 
@@ -413,20 +390,22 @@ def test_sigusr1_keeps_the_open_log_when_the_new_one_cannot_be_created(dns_serve
     checkid.config.write_text(checkid.config.read_text().replace(
         "[server]\n", f'[server]\nlog_file = "{log_file}"\nuser = "nobody"\ngroup = "nogroup"\n'))
     with checkid:
-        eventually(lambda: len(re.findall("worker . serving", log_file.read_text())) == 2, what="workers logging")
-        metrics_pid = eventually(lambda: child_pid(checkid, "checkid-metrics"), what="the metrics process")
+        wait_until(lambda: len(re.findall("worker . serving", log_file.read_text())) == 2,
+                   "workers logging", WAIT_SECONDS)
+        metrics_pid = wait_until(lambda: child_pid(checkid, "checkid-metrics"), "the metrics process", WAIT_SECONDS)
         everyone = {checkid.proc.pid, metrics_pid, *worker_pids(checkid, log_file)}
         assert len(everyone) == 4
         rotated = logs / "checkid.log.1"
         log_file.rename(rotated)
         checkid.proc.send_signal(signal.SIGUSR1)
         refused = r"checkid\[(\d+)\]: ERROR checkid\.runtime\.logs: cannot reopen the log file"
-        eventually(lambda: set(map(int, re.findall(refused, rotated.read_text()))) == everyone,
-                   what="every process logged that it keeps its file")
+        wait_until(lambda: set(map(int, re.findall(refused, rotated.read_text()))) == everyone,
+                   "every process logged that it keeps its file", WAIT_SECONDS)
         assert checkid.proc.poll() is None
         for _ in range(20):
             assert ask(checkid.port).startswith("PREPEND Authent:")
-        eventually(lambda: rotated.read_text().count("checkid.decision") == 20, what="decisions in the open file")
+        wait_until(lambda: rotated.read_text().count("checkid.decision") == 20,
+                   "decisions in the open file", WAIT_SECONDS)
         assert not log_file.exists()
         assert checkid.stop() == 0
 
@@ -436,26 +415,26 @@ def test_a_worker_replaced_after_a_broken_edit_serves_the_last_good_policy(dns_s
     source = DEFAULT_PATH.read_text()
     policy.write_text(source)
     with daemon(dns_server, workdir, extra=f'[policy]\npath = "{policy}"\n') as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         filtering = "PREPEND Authent: 192.0.2.1 example.net SPF1 FAIL"
         policy.write_text(source.replace("REJECT_STATUS = 7", "REJECT_STATUS = 10"))  # a good edit, then
-        eventually(lambda: all(ask(checkid.port, helo="example.net").startswith(filtering) for _ in range(10)),
-                   what="the good edit serving")
+        wait_until(lambda: all(ask(checkid.port, helo="example.net").startswith(filtering) for _ in range(10)),
+                   "the good edit serving", WAIT_SECONDS)
         policy.write_text("async def decide(ctx):\n    return (\n")  # a broken one: refused
-        eventually(lambda: scrape(checkid.metrics_port)["checkid_policy_reload_failures_total{}"] == 2,
-                   what="both workers refused the broken policy")
+        wait_until(lambda: scrape(checkid.metrics_port)["checkid_policy_reload_failures_total{}"] == 2,
+                   "both workers refused the broken policy", WAIT_SECONDS)
         victim = worker_pids(checkid)[0]
         os.kill(victim, signal.SIGKILL)
-        eventually(lambda: len(live(worker_pids(checkid))) == 2 and len(worker_pids(checkid)) == 3,
-                   what="a replacement worker")
+        wait_until(lambda: len(live(worker_pids(checkid))) == 2 and len(worker_pids(checkid)) == 3,
+                   "a replacement worker", WAIT_SECONDS)
         assert checkid.proc.poll() is None
         # 40 new connections: SO_REUSEPORT gives the replacement its share of them
         replies = [ask(checkid.port, helo="example.net") for _ in range(40)]
         assert all(r.startswith(filtering) for r in replies), Counter(replies)
         assert "could not start" not in checkid.log.read_text()
         policy.write_text(source)  # a fixed file is picked up by every worker, the replacement too
-        eventually(lambda: all(ask(checkid.port, helo="example.net").startswith("550 5.7.1") for _ in range(20)),
-                   what="the fixed policy serving")
+        wait_until(lambda: all(ask(checkid.port, helo="example.net").startswith("550 5.7.1") for _ in range(20)),
+                   "the fixed policy serving", WAIT_SECONDS)
         assert checkid.stop() == 0
 
 
@@ -468,15 +447,15 @@ def test_a_hung_worker_leaves_its_traceback_in_the_log_and_is_replaced(dns_serve
         "        _time.sleep(3600)  # blocks the event loop\n"
         "    return await _decide(ctx)\n"))
     with daemon(dns_server, workdir, extra=f'[policy]\npath = "{policy}"\n') as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         with socket.create_connection(("127.0.0.1", checkid.port), timeout=WAIT_SECONDS) as hang:
             hang.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
                                              "client_address": "192.0.2.1", "helo_name": "hang.example"}))
-            metrics = eventually(lambda: (m := scrape(checkid.metrics_port))
+            metrics = wait_until(lambda: (m := scrape(checkid.metrics_port))
                                  and m["checkid_worker_restarts_total{reason=hung}"] == 1 and m,
-                                 what="the hung worker replaced")
+                                 "the hung worker replaced", WAIT_SECONDS)
         assert total(metrics, "checkid_worker_restarts_total") == 1
-        eventually(lambda: len(live(worker_pids(checkid))) == 2, what="two live workers")
+        wait_until(lambda: len(live(worker_pids(checkid))) == 2, "two live workers", WAIT_SECONDS)
         log = checkid.log.read_text()
         assert "killed by SIGABRT" in log
         # faulthandler's dump: where the loop hung
@@ -514,7 +493,7 @@ def test_sigterm_does_not_wait_the_grace_period_for_an_idle_milter_connection(dn
     grace = 60.0
     checkid = milter_daemon(dns_server, workdir, grace)
     with checkid, milter_idle_connection(checkid.milter_port) as idle:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         checkid.proc.send_signal(signal.SIGTERM)
         # far below the grace: the idle connection is closed at once, not waited on
         assert checkid.proc.wait(WAIT_SECONDS) == 0
@@ -526,7 +505,7 @@ def test_sighup_retires_the_old_workers_after_their_requests_not_after_the_grace
     grace = 60.0
     checkid = milter_daemon(dns_server, workdir, grace)
     with checkid, milter_idle_connection(checkid.milter_port):
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         old = worker_pids(checkid)
         dns.set_fault("example.com.registry.test", delay=0.4)  # below the per-try timeout (0.5 s)
         threads, answers, errors = requests_in_flight(checkid.port, 8)
@@ -535,8 +514,8 @@ def test_sighup_retires_the_old_workers_after_their_requests_not_after_the_grace
             t.join(WAIT_SECONDS)
         assert errors == [] and len(answers) == 8  # the old generation answered what it had
         assert all(a.startswith("PREPEND Authent: 192.0.2.1 example.com SPF1 PASS") for a in answers)
-        eventually(lambda: live(old) == [] and len(live(worker_pids(checkid))) == 2,
-                   what="the old generation gone, far within the grace")
+        wait_until(lambda: live(old) == [] and len(live(worker_pids(checkid))) == 2,
+                   "the old generation gone, far within the grace", WAIT_SECONDS)
         log = checkid.log.read_text()
         assert all(re.search(rf"worker {pid} \(slot \d+\) finished", log) for pid in old)
     assert checkid.stop() == 0
@@ -546,12 +525,12 @@ def test_sighup_refuses_a_configuration_whose_files_do_not_load(dns_server, work
     """A missing thresholds (or block list) file is refused by the master, not found by new
     workers that then cannot start and take the daemon down."""
     with daemon(dns_server, workdir) as checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 2, what="two workers")
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         before = worker_pids(checkid)
         checkid.config.write_text(checkid.config.read_text()
                                   + f'\n[reputation]\nrecipient_thresholds = "{workdir / "missing.txt"}"\n')
         checkid.proc.send_signal(signal.SIGHUP)
-        eventually(lambda: "reload refused" in checkid.log.read_text(), what="refusal logged")
+        wait_until(lambda: "reload refused" in checkid.log.read_text(), "refusal logged", WAIT_SECONDS)
         assert checkid.proc.poll() is None and live(before) == before
         assert ask(checkid.port).startswith("PREPEND Authent:")
 
@@ -568,11 +547,11 @@ def test_sigterm_aborts_a_worker_hung_past_the_grace_with_its_traceback_then_exi
     text = checkid.config.read_text().replace("heartbeat_timeout = 2.0", "heartbeat_timeout = 600.0")
     checkid.config.write_text(text.replace("grace = 5.0", "grace = 0.5"))
     with checkid:
-        eventually(lambda: len(worker_pids(checkid)) == 1, what="the worker")
+        wait_until(lambda: len(worker_pids(checkid)) == 1, "the worker", WAIT_SECONDS)
         with socket.create_connection(("127.0.0.1", checkid.port), timeout=WAIT_SECONDS) as hang:
             hang.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
                                              "client_address": "192.0.2.1", "helo_name": "hang.example"}))
-            eventually(lambda: connections_taken(checkid.port) >= 1, what="the request read")
+            wait_until(lambda: connections_taken(checkid.port) >= 1, "the request read", WAIT_SECONDS)
             assert checkid.stop() == 0
         log = checkid.log.read_text()
         assert "did not finish in time; aborting it" in log

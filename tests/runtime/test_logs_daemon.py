@@ -8,46 +8,18 @@ import re
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from checkid.protocols.postfix_policy import codec as pol
 from testsupport.dnsserver import TestDnsServer
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.policy import ask
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 #: bound on every wait below
 WAIT_SECONDS = 20.0
-T = TypeVar("T")
-
-
-def eventually(predicate: Callable[[], T], what: str) -> T:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {WAIT_SECONDS} s")
-
-
-def ask(port: int, helo: str = "example.com") -> str:
-    """One policy request on a new connection (so SO_REUSEPORT spreads them over workers)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
-                                      "client_address": "192.0.2.1", "helo_name": helo, "sender": "",
-                                      "recipient": "u@example.org", "instance": ""}))
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionResetError("closed without a reply")
-            data += chunk
-    return pol.parse_reply(data)
 
 
 def family(master: int) -> set[int]:
@@ -60,6 +32,12 @@ def family(master: int) -> set[int]:
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
     return pids
+
+
+def all_four(master: int) -> set[int]:
+    """The pids of the master, its two workers and the metrics process, once all four run."""
+    return wait_until(lambda: (lambda f: f if len(f) == 4 else None)(family(master)),
+                      "master, two workers and the metrics process", WAIT_SECONDS)
 
 
 def daemon(dns_server: TestDnsServer, workdir: Path, server: str) -> Checkid:
@@ -95,18 +73,18 @@ def serving(text: str) -> int:
 def test_json_log_from_every_process(dns_server: TestDnsServer, workdir: Path) -> None:
     log_file = workdir / "checkid.json"
     with daemon(dns_server, workdir, f'log_file = "{log_file}"\nlog_format = "json"') as checkid:
-        eventually(lambda: log_file.exists() and serving(log_file.read_text()) == 2, "two workers serving")
+        wait_until(lambda: log_file.exists() and serving(log_file.read_text()) == 2,
+                   "two workers serving", WAIT_SECONDS)
         assert checkid.proc is not None
-        everyone = eventually(lambda: (lambda f: f if len(f) == 4 else None)(family(checkid.proc.pid)),
-                              "master, two workers and the metrics process")
+        everyone = all_four(checkid.proc.pid)
         assert ask(checkid.port).startswith("PREPEND Authent:")  # type: ignore[attr-defined]
         checkid.proc.send_signal(signal.SIGUSR1)  # every process logs that it reopened
 
         def lines() -> list[dict[str, object]]:
             return [json.loads(text) for text in log_file.read_text().splitlines()]  # each line is JSON
 
-        eventually(lambda: {line["pid"] for line in lines() if line["msg"] == "log reopened"} == everyone,
-                   "a JSON line from every process")
+        wait_until(lambda: {line["pid"] for line in lines() if line["msg"] == "log reopened"} == everyone,
+                   "a JSON line from every process", WAIT_SECONDS)
         [decision] = [line for line in lines() if line["logger"] == "checkid.decision"]
         assert decision["ip"] == "192.0.2.1" and decision["action"] == "ACCEPT" and decision["helo"] == "example.com"
         assert decision["level"] == "INFO" and decision["pid"] in everyone - {checkid.proc.pid}
@@ -156,19 +134,19 @@ def syslogd(workdir: Path) -> Iterator[Syslogd]:
 def test_syslog_from_every_process_into_the_mail_facility(dns_server: TestDnsServer, workdir: Path,
                                                            syslogd: Syslogd) -> None:
     with daemon(dns_server, workdir, f'log_file = "syslog"\nsyslog_socket = "{syslogd.path}"') as checkid:
-        eventually(lambda: len(syslogd.senders(r"worker \d serving")) == 2, "two workers serving")
+        wait_until(lambda: len(syslogd.senders(r"worker \d serving")) == 2, "two workers serving", WAIT_SECONDS)
         assert checkid.proc is not None
-        everyone = eventually(lambda: (lambda f: f if len(f) == 4 else None)(family(checkid.proc.pid)),
-                              "master, two workers and the metrics process")
+        everyone = all_four(checkid.proc.pid)
         assert ask(checkid.port).startswith("PREPEND Authent:")  # type: ignore[attr-defined]
-        eventually(lambda: syslogd.senders("INFO checkid.decision: policy .*ip=192.0.2.1"), "the decision line")
+        wait_until(lambda: syslogd.senders("INFO checkid.decision: policy .*ip=192.0.2.1"),
+                   "the decision line", WAIT_SECONDS)
         assert all(m.startswith("<22>") or m.startswith("<20>") or m.startswith("<19>")
                    for m in syslogd.read())  # mail.info, mail.warning, mail.err
         # the syslog daemon restarts (a new socket at the same path): SIGUSR1 reconnects everyone
         syslogd.restart()
         syslogd.messages.clear()
         checkid.proc.send_signal(signal.SIGUSR1)
-        eventually(lambda: syslogd.senders("log reopened") == everyone, "every process on the new socket")
+        wait_until(lambda: syslogd.senders("log reopened") == everyone, "every process on the new socket", WAIT_SECONDS)
         assert not checkid.log.read_text().strip()  # nothing went to standard error
 
 
@@ -190,11 +168,11 @@ def test_logrotate_snippet_rotates_and_every_process_reopens(dns_server: TestDns
     log_file = logs / "checkid.log"
     conf = logrotate_config(workdir, log_file, workdir / "state" / "master.pid")
     with daemon(dns_server, workdir, f'log_file = "{log_file}"') as checkid:
-        eventually(lambda: log_file.exists() and serving(log_file.read_text()) == 2, "two workers serving")
+        wait_until(lambda: log_file.exists() and serving(log_file.read_text()) == 2,
+                   "two workers serving", WAIT_SECONDS)
         assert checkid.proc is not None
-        everyone = eventually(lambda: (lambda f: f if len(f) == 4 else None)(family(checkid.proc.pid)),
-                              "master, two workers and the metrics process")
-        eventually(lambda: (workdir / "state" / "master.pid").exists(), "the master's pid file")
+        everyone = all_four(checkid.proc.pid)
+        wait_until(lambda: (workdir / "state" / "master.pid").exists(), "the master's pid file", WAIT_SECONDS)
         out = subprocess.run(["logrotate", "--force", "--state", str(workdir / "logrotate.state"), str(conf)],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and not out.stderr, out.stderr
@@ -205,8 +183,10 @@ def test_logrotate_snippet_rotates_and_every_process_reopens(dns_server: TestDns
             text = log_file.read_text() if log_file.exists() else ""
             return set(map(int, re.findall(r"checkid\[(\d+)\]: INFO checkid\.runtime\.logs: log reopened", text)))
 
-        eventually(lambda: reopened() == everyone, "master, both workers and the metrics process in the new file")
+        wait_until(lambda: reopened() == everyone,
+                   "master, both workers and the metrics process in the new file", WAIT_SECONDS)
         for _ in range(10):
             ask(checkid.port)  # type: ignore[attr-defined]
-        eventually(lambda: log_file.read_text().count("checkid.decision") == 10, "decisions in the new file")
+        wait_until(lambda: log_file.read_text().count("checkid.decision") == 10,
+                   "decisions in the new file", WAIT_SECONDS)
         assert "checkid.decision" not in rotated.read_text()
