@@ -39,6 +39,9 @@ class NullDecider:
     def body_digest(self, headers: tuple[tuple[str, str], ...]) -> None:
         return None
 
+    def log_address(self, address: str) -> str:
+        return address
+
 
 def serve(protocol: str, sock: socket.socket) -> None:
     async def main() -> None:

@@ -88,14 +88,33 @@ class PrescreenConfig:
     block_files: tuple[str, ...] = ()
     #: DNSBLs for heavily spamming IPs; a hit rejects before any registry query
     dnsbl: tuple[DnsList, ...] = (DnsList(zone="zen.spamhaus.org", name="Spamhaus ZEN", codes=ZEN_CODES),)
+    #: HELO names accepted unchecked: a name, or ``.example.com`` for every name under it
+    skip_helo: tuple[str, ...] = ()
+    #: MAIL FROM domains accepted unchecked: a domain, or ``.example.com`` for its subdomains
+    skip_sender_domains: tuple[str, ...] = ()
+    #: recipients whose mail is accepted unchecked (``postmaster@example.org``, a domain, or
+    #: ``.example.org`` for its subdomains); a transaction is skipped when every recipient is
+    skip_recipients: tuple[str, ...] = ()
+    #: mail from a client that logged in (SASL, as the MTA reports it) is accepted unchecked
+    skip_authenticated: bool = True
 
     def check(self, path: str) -> None:
-        """:raises ConfigError: an ``allow`` entry that is not an address or network"""
+        """:raises ConfigError: an ``allow`` entry that is not an address or network, a skip
+        entry that is not a name (or an address, for ``skip_recipients``)"""
         for i, net in enumerate(self.allow):
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError:
                 raise ConfigError(f"{path}.allow[{i}]: not an address or network: {net!r}") from None
+        for key in ("skip_helo", "skip_sender_domains", "skip_recipients"):
+            for i, entry in enumerate(getattr(self, key)):
+                name = entry.rpartition("@")[2] if key == "skip_recipients" else entry
+                local = entry.rpartition("@")[0] if key == "skip_recipients" else ""
+                if "@" in entry and (not local or name.startswith(".")):
+                    raise ConfigError(f"{path}.{key}[{i}]: not an address or domain: {entry!r}")
+                if not _skip_name(name.removeprefix(".")):
+                    what = "an address or domain" if key == "skip_recipients" else "a domain name"
+                    raise ConfigError(f"{path}.{key}[{i}]: not {what}: {entry!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +204,15 @@ class PolicyConfig:
     on_temperror: Literal["tempfail", "filter"] = "tempfail"
     #: seconds between checks of the policy file for edits (each worker reloads it)
     reload_interval: float = 1.0
+    #: ``report``: a dry run. What would be refused (REJECT, TEMPFAIL, DISCARD) is accepted
+    #: instead, its ``Authent:`` saying ``would=REJECT``, its log line ``action=would_reject``;
+    #: bad input is still refused
+    mode: Literal["enforce", "report"] = "enforce"
+    #: how the decision log line shows the sender and the recipients: as given, or as the
+    #: first 16 hex digits of their SHA-256 (HMAC-SHA-256 with ``log_hash_key`` when set)
+    log_addresses: Literal["plain", "hashed"] = "plain"
+    #: the key of the log's address hashes; without one, a list of known addresses undoes them
+    log_hash_key: str = ""
 
     def check(self, path: str) -> None:
         """:raises ConfigError: a reload interval outside 0.1 to 3600 seconds"""
@@ -213,6 +241,14 @@ class HeadersConfig:
         for i, name in enumerate(self.remove):
             if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
                 raise ConfigError(f"{path}.remove[{i}]: not a header field name: {name!r}")
+
+
+def _skip_name(name: str) -> bool:
+    """Whether ``name`` can be a skip list's domain: dot-separated labels of letters, digits,
+    hyphens (and underscores, seen in HELO names), no empty label."""
+    labels = name.lower().rstrip(".").split(".")
+    return bool(name) and len(name) <= 253 and all(
+        0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label) for label in labels)
 
 
 def _check_ipv4_keys(table: dict[str, str], path: str) -> None:

@@ -68,6 +68,8 @@ class Envelope:
     #: False when the caller cannot ask again at end of data (the policy protocol,
     #: qmail-spp): methods that need the message are then skipped, never answered CONTINUE
     message_follows: bool = True
+    #: the login name of a client that authenticated (SASL) as the MTA saw it, else None
+    authenticated: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class Decision:
     #: (``id``, ``helo``, ``mail_from``, ``none``; "" for bad input, refused before either)
     identity: str = ""
     identity_source: str = ""
+    #: in report mode (``[policy] mode = "report"``): the decision enforcing would have
+    #: given (a REJECT, TEMPFAIL or DISCARD), which this one delivers instead; else None
+    would: Decision | None = None
 
     def as_tuple(self) -> tuple[str, tuple[int, str, str], list[dict[str, str]]]:
         """The ``checkID`` contract: ``(action, (code, xcode, text), headers)``."""

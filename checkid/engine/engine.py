@@ -5,10 +5,19 @@ It checks the input, picks the identity, and hands a :class:`Context` to the pol
 when one is given (the runtime's metrics exporter is one). Every decision has a deadline
 (``dns.decision_timeout``); a policy that raises or returns garbage yields a 4xx, never an
 exception to the caller.
+
+Before the policy, the ``[prescreen]`` skip lists (a logged-in client, a HELO name, a sender
+domain, recipients) accept a transaction at once: stage ``skip``, no DNS query. After it, in
+report mode (``[policy] mode = "report"``) a refusal (REJECT, TEMPFAIL, DISCARD) is delivered
+instead: an ACCEPT whose ``Authent:`` says ``would=REJECT`` and whose :attr:`Decision.would`
+holds the refusal. Bad input is refused in either mode: it is not a verdict on the mail but
+input the engine cannot judge (no address, oversize fields), and stays bounded.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import socket
 import time
@@ -20,22 +29,36 @@ from checkid.config import Config
 from checkid.engine import headers, validate
 from checkid.engine.checks import iplists
 from checkid.engine.checks.dkim import DkimVerifier
-from checkid.engine.checks.prescreen import IPScreen
+from checkid.engine.checks.prescreen import IPScreen, SkipList
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
-from checkid.engine.context import Context
-from checkid.engine.decision import Action, BodySink, Decision, Envelope
+from checkid.engine.context import Auth, Context
+from checkid.engine.decision import Action, BodySink, Decision, Envelope, Header
 from checkid.engine.dns.cache import Cache, MemoryCache
 from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
+from checkid.engine.result import SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 
 log = logging.getLogger(__name__)
 
+#: the recipient class of a ``skip_recipients`` entry: a thresholds key is an address or a
+#: domain, never this
+SKIP_CLASS = "(skip)"
+
 
 def bad_input(text: str, code: int = 501, xcode: str = "5.5.4") -> Decision:
     return Decision(Action.REJECT, code, xcode, text, (), "input", "bad_input")
+
+
+#: what report mode delivers instead of enforcing
+_REFUSALS = frozenset((Action.REJECT, Action.TEMPFAIL, Action.DISCARD))
+#: which method's result speaks for a refusal's ``Authent:`` in report mode (as the context's)
+_PRECEDENCE = {r.value: i for i, r in enumerate((Result.PASS, Result.TEMPERROR, Result.FAIL, Result.SOFTFAIL,
+                                                 Result.NEUTRAL, Result.PERMERROR, Result.NONE))}
+#: a skipped transaction's ``Authent:`` method and result: nothing was checked
+SKIPPED = Auth(Result.NONE, "SKIP")
 
 
 class Observer(Protocol):
@@ -88,6 +111,10 @@ class Engine:
             authserv_id=authserv_id,
         )
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
+        self.skip = SkipList(config.prescreen)
+        self._report = config.policy.mode == "report"
+        self._hash_addresses = config.policy.log_addresses == "hashed"
+        self._hash_key = config.policy.log_hash_key.encode()
         self._remove = frozenset(n.lower() for n in config.headers.remove)
         #: the authserv-ids that are this site's; "" (none can be read) fails closed
         self._site_ids = frozenset(i.lower() for i in ("", authserv_id, *config.headers.site_ids))
@@ -95,7 +122,20 @@ class Engine:
     def recipient_class(self, rcpt: str) -> str:
         """The class of ``rcpt`` ("" for most): recipients of one class share a decision,
         so a front-end may ask once for all of them."""
+        if self.skip.recipient(rcpt):
+            return SKIP_CLASS
         return self.services.thresholds.key_for(rcpt)
+
+    def log_address(self, address: str) -> str:
+        """How the decision log shows ``address`` (``[policy] log_addresses``): as it is, or
+        the first 16 hex digits of the SHA-256 of its lower-case form, keyed (HMAC) with
+        ``log_hash_key`` when one is set."""
+        if not self._hash_addresses or not address:
+            return address
+        data = address.lower().encode("utf-8", "surrogateescape")
+        if self._hash_key:
+            return hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()[:16]
+        return hashlib.sha256(data).hexdigest()[:16]
 
     def forged_header(self, name: str, value: str) -> bool:
         """Whether an incoming message's header field is one a client may not bring
@@ -120,6 +160,12 @@ class Engine:
         """
         start = time.perf_counter()
         decision = await self._decide(envelope, trace)
+        if self._report and decision.action in _REFUSALS and decision.stage != "input":
+            self.counts[("report_mode_refusals", frontend, decision.action.value)] += 1
+            decision = self._delivered(decision, envelope)
+            if trace is not None:
+                trace.add("report", f"report mode: {decision.would.action.value if decision.would else ''} "
+                                    "not enforced, delivered")
         self.counts[("decisions", frontend, decision.action.value, decision.stage)] += 1
         if self.observer is not None:
             self.observer.observe_decision(frontend, time.perf_counter() - start)
@@ -133,6 +179,11 @@ class Engine:
             if trace is not None:
                 trace.add("input", ctx.text)
             return ctx
+        skipped = self.skip.reason(envelope)
+        if skipped:
+            self.counts[("skipped", skipped)] += 1
+            ctx.log("skip", f"{skipped}: accepted unchecked")
+            return ctx.accept("skip", SKIPPED, reason=skipped)
         token = DEADLINE.set(asyncio.get_running_loop().time() + self.config.dns.decision_timeout)
         try:
             decision = await self.policy.current.decide(ctx)
@@ -151,6 +202,25 @@ class Engine:
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
         return decision
+
+    def _delivered(self, refusal: Decision, env: Envelope) -> Decision:
+        """What report mode delivers for ``refusal``: an ACCEPT with checkid's headers (those of
+        the refusal, which has none by default, else made here), ``would=`` added to
+        ``Authent:``; the refusal itself in :attr:`Decision.would`."""
+        hdrs = refusal.headers
+        if not hdrs or hdrs[0].label != "Authent:":
+            results = [(m, r) for m, r in refusal.results if r in _PRECEDENCE]
+            method, result = min(results, key=lambda mr: _PRECEDENCE[mr[1]]) if results else ("NONE", "NONE")
+            ip = validate.parse_ip(env.ip or "")
+            made = [headers.authent(str(ip) if ip is not None else env.ip or "-", refusal.identity or None,
+                                    method, result, "")]
+            if self.config.headers.authentication_results:
+                made.append(headers.authentication_results(self.services.authserv_id, [
+                    headers.MethodReport(m, SPELLING[Result(r)]) for m, r in results]))
+            hdrs = (*made, *hdrs)
+        first = Header(hdrs[0].label, f"{hdrs[0].text} would={refusal.action.value}")
+        return Decision(Action.ACCEPT, 250, "", "Sender OK", (first, *hdrs[1:]), refusal.stage, refusal.reason,
+                        refusal.results, refusal.identity, refusal.identity_source, would=refusal)
 
     def _context(self, env: Envelope, trace: Trace | None) -> Context | Decision:
         """The context for a valid envelope, or the decision that refuses a bad one."""

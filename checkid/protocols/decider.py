@@ -1,18 +1,34 @@
 """The seam between the front-ends and the engine: the :class:`Decider` a front-end calls,
 and :func:`timed_decide`, the one call every session makes (decide, then one log line with
 the latency, the same for every front-end). This module does no I/O besides that log line.
+
+The line (logger ``checkid.decision``) is ``FRONT key=value ...``, the same fields also as
+data (``extra={"fields": ...}``, typed: numbers stay numbers) for the JSON log format:
+``queue_id`` (the MTA's, when it has handed one over at that stage), ``ip``, ``id``,
+``helo``, ``from``, ``identity`` and ``identity_from``, ``to`` (the recipients known at
+that stage, comma-separated), ``action`` (``would_reject``, ``would_tempfail``,
+``would_discard`` in report mode), ``code``, ``xcode``, ``text``, ``stage``, ``reason``,
+``client_port`` and ``latency_ms``. Addresses appear as :meth:`Decider.log_address` shows them
+(``[policy] log_addresses``). A value that is not one plain word is JSON-quoted with every
+control character escaped, so no field a client sent (a HELO name with a line break) can
+start a line of its own or pass for another field.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from checkid.engine.decision import BodySink, Decision, Envelope
 from checkid.engine.trace import Trace
 
 log = logging.getLogger("checkid.decision")
+
+#: characters a plain logged word may not hold (besides spaces and control characters):
+#: they delimit values in the line
+_DELIMITERS = frozenset('"\\<>=,')
 
 
 class Decider(Protocol):
@@ -38,21 +54,85 @@ class Decider(Protocol):
         None when the body is not needed."""
         ...
 
+    def log_address(self, address: str) -> str:
+        """How the decision log shows a sender or recipient address: as it is, or hashed
+        (``[policy] log_addresses``)."""
+        ...
+
 
 async def timed_decide(decider: Decider, envelope: Envelope, front: str, queue_id: str = "",
-                       clock: Callable[[], float] = time.perf_counter) -> Decision:
+                       clock: Callable[[], float] = time.perf_counter, client_port: int | None = None) -> Decision:
     """``decider.decide(envelope)``, logged as one ``checkid.decision`` line with its latency.
 
     :param front: the front-end's name, for the metrics and the log line
     :param queue_id: the MTA's queue id when it sent one ("" otherwise)
+    :param client_port: the client's TCP port when the front-end knows it (the MTA logs it
+        with ``smtpd_client_port_logging``): what joins a line without a queue id
     """
     start = clock()
     decision = await decider.decide(envelope, frontend=front)
     if log.isEnabledFor(logging.INFO):
-        log.info("%s queue_id=%s ip=%s id=%s helo=%s from=<%s> identity=%s identity_from=%s action=%s code=%s %s "
-                 "stage=%s latency_ms=%.2f",
-                 front, queue_id or "-", envelope.ip, envelope.id or "-", envelope.helo or "-",
-                 envelope.sender or "", decision.identity or "-", decision.identity_source or "-",
-                 decision.action.value, decision.code, decision.xcode or "-", decision.stage,
-                 (clock() - start) * 1000)
+        fields = log_fields(decider, envelope, decision, queue_id, client_port, (clock() - start) * 1000)
+        log.info("%s %s", front, render(fields), extra={"fields": {"frontend": front, **fields}})
     return decision
+
+
+def log_fields(decider: Decider, envelope: Envelope, decision: Decision, queue_id: str, client_port: int | None,
+               latency_ms: float) -> dict[str, Any]:
+    """The decision line's fields, in order; None where the value is unknown."""
+    shown = decision.would or decision
+    action = f"would_{shown.action.value.lower()}" if decision.would is not None else decision.action.value
+    sender = envelope.sender
+    return {
+        "queue_id": queue_id or None,
+        "ip": envelope.ip,
+        "id": envelope.id or None,
+        "helo": envelope.helo or None,
+        "from": decider.log_address(sender) if sender else sender,
+        "identity": decision.identity or None,
+        "identity_from": decision.identity_source or None,
+        "to": ",".join(decider.log_address(r) for r in envelope.rcpts) or None,
+        "action": action,
+        "code": shown.code,
+        "xcode": shown.xcode or None,
+        "text": shown.text,
+        "stage": shown.stage or None,
+        "reason": shown.reason or None,
+        "client_port": client_port or None,
+        "latency_ms": round(latency_ms, 2),
+    }
+
+
+def render(fields: dict[str, Any]) -> str:
+    """The ``key=value`` words of the text line: addresses in ``<>``, the reply text quoted,
+    ``-`` for an unknown value; anything that is not a plain word JSON-quoted."""
+    words = []
+    for key, value in fields.items():
+        if value is None:
+            text = "-"
+        elif isinstance(value, float):
+            text = f"{value:.2f}"
+        elif isinstance(value, int):
+            text = str(value)
+        elif key in ("from", "to"):
+            text = f"<{value}>" if _plain(value.replace(",", "")) or not value else _quoted(value)
+        elif key == "text":
+            text = _quoted(value)
+        else:
+            text = value if _plain(value) else _quoted(value)
+        words.append(f"{key}={text}")
+    return " ".join(words)
+
+
+def _plain(value: str) -> bool:
+    return bool(value) and value.isprintable() and not any(c.isspace() or c in _DELIMITERS for c in value)
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a JSON string, every character that is not printable escaped (json leaves
+    C1 controls and U+2028 as they are with ``ensure_ascii=False``)."""
+    text = json.dumps(value, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
+                   json.dumps(c)[1:-1] for c in text)

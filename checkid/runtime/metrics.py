@@ -56,6 +56,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                             "header changes), by front-end", ("frontend",)),
     "dkim_signatures": ("DKIM signatures verified, by result", ("result",)),
     "dkim_signatures_ignored": ("DKIM signatures past [dkim] max_signatures, not verified", ()),
+    "report_mode_refusals": ("Refusals report mode delivered instead ([policy] mode = \"report\"), by front-end "
+                             "and would-be action", ("frontend", "action")),
+    "skipped": ("Transactions accepted unchecked by a [prescreen] skip list, by reason", ("reason",)),
 }
 
 #: 50 µs to 10 s

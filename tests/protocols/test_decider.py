@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from checkid.config import Config, ListenConfig
-from checkid.engine.decision import Envelope
+from checkid.engine.decision import Action, Decision, Envelope
 from checkid.protocols.base import ServerState
 from checkid.protocols.decider import timed_decide
 from checkid.protocols.milter import codec as milter
@@ -16,6 +16,7 @@ from checkid.protocols.milter.events import Connect, EndOfMessage, Helo, Macro, 
 from checkid.protocols.msgpack_rpc import codec as rpc
 from checkid.protocols.postfix_policy import codec as pol
 from checkid.protocols.registry import protocol_factory
+from checkid.runtime.logs import parse_fields
 from tests.conftest import run
 from tests.protocols.fakes import REJECTED, Decider, connect, until
 
@@ -43,7 +44,7 @@ def test_timed_decide_logs_one_line_with_the_latency(caplog):
     (record,) = caplog.records
     line = record.getMessage()
     assert line.startswith("policy queue_id=4QX1 ip=192.0.2.1 id=- helo=example.net from=<a@example.net> "
-                           "identity=example.net identity_from=helo action=REJECT code=550 5.7.1")
+                           "identity=example.net identity_from=helo to=- action=REJECT code=550 xcode=5.7.1 ")
     assert line.endswith("latency_ms=2.50")
 
 
@@ -67,3 +68,56 @@ def test_every_front_end_decides_through_the_seam_alone_and_logs_once(protocol, 
     (record,) = [r for r in caplog.records if r.name == "checkid.decision"]
     assert record.getMessage().startswith(f"{protocol} queue_id={queue_id} ip=192.0.2.1 ")
     assert b"not authorized by 'example.net'" in transport.data
+
+
+def logged(decision, envelope, caplog, decider=None, **kwargs):
+    """The one decision record timed_decide writes for ``decision``."""
+    with caplog.at_level(logging.INFO, logger="checkid.decision"):
+        run(timed_decide(decider or Decider(decision), envelope, "milter", **kwargs))
+    (record,) = [r for r in caplog.records if r.name == "checkid.decision"]
+    return record
+
+
+def test_the_line_carries_its_fields_as_data_typed(caplog):
+    record = logged(REJECTED, Envelope("192.0.2.1", None, "example.net", "a@example.net", ("b@example.org",)),
+                    caplog, queue_id="4QX1", client_port=40123)
+    fields = record.fields
+    assert fields["frontend"] == "milter" and fields["queue_id"] == "4QX1" and fields["client_port"] == 40123
+    assert fields["code"] == 550 and fields["xcode"] == "5.7.1" and fields["action"] == "REJECT"
+    assert fields["from"] == "a@example.net" and fields["to"] == "b@example.org" and fields["id"] is None
+    assert fields["text"] == REJECTED.text and isinstance(fields["latency_ms"], float)
+    # the text line says the same, word for word
+    assert dict(parse_fields(record.getMessage()))["text"] == REJECTED.text
+    assert {k: v for k, v in parse_fields(record.getMessage())} == {
+        k: "-" if v is None else str(v) if not isinstance(v, float) else f"{v:.2f}"
+        for k, v in fields.items() if k != "frontend"}
+
+
+def test_a_decision_report_mode_did_not_enforce_logs_as_would(caplog):
+    delivered = Decision(Action.ACCEPT, 250, "", "Sender OK", (), "methods", "fail", would=REJECTED)
+    record = logged(delivered, Envelope("192.0.2.1", "example.net"), caplog)
+    line = record.getMessage()
+    assert " action=would_reject code=550 xcode=5.7.1 " in line and "not authorized by" in line
+    assert record.fields["action"] == "would_reject"
+
+
+def test_control_characters_a_client_sent_cannot_forge_a_line_or_a_field(caplog):
+    helo = "evil\nJan  1 00:00:00 mx checkid[1]: INFO checkid.decision: policy action=ACCEPT"
+    record = logged(REJECTED, Envelope("192.0.2.1", "x\u2028y", helo, "a\r\n b>@example.net"), caplog)
+    line = record.getMessage()
+    assert line.isprintable()
+    fields = dict(parse_fields(line))
+    assert fields["helo"] == helo and fields["id"] == "x\u2028y" and fields["from"] == "a\r\n b>@example.net"
+    assert fields["action"] == "REJECT"  # the one the decision gave, not the one in the HELO
+    assert [k for k, _ in parse_fields(line)].count("action") == 1
+
+
+def test_addresses_are_logged_as_the_decider_shows_them(caplog):
+    class Hashing(Decider):
+        def log_address(self, address):
+            return "h:" + address[::-1]
+
+    record = logged(REJECTED, Envelope("192.0.2.1", None, "h.example", "ab@x", ("cd@y", "ef@z")), caplog,
+                    decider=Hashing(REJECTED))
+    line = record.getMessage()
+    assert " from=<h:x@ba> " in line and " to=<h:y@dc,h:z@fe> " in line

@@ -177,7 +177,7 @@ def test_rpc_answers_as_decisions_complete_tied_by_msgid(dns):
     ("checkID", [1, 2], "IP must be a string"),
     ("checkID", [{"IP": "192.0.2.1", "Bogus": 1}], "unknown parameter 'Bogus'"),
     ("checkID", ["192.0.2.1", "example.com", None, None, "r@x"], "R must be an array"),
-    ("checkID", ["192.0.2.1"] * 8, "at most 7 params"),
+    ("checkID", ["192.0.2.1"] * 9, "at most 8 params"),
     ("ping", [1], "takes no params"),
 ])
 def test_rpc_errors_name_the_problem(dns, method, params, message):

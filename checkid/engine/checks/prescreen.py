@@ -1,4 +1,6 @@
-"""IP lists before anything costs a registry query: allow list, local block lists, DNSBLs.
+"""IP lists before anything costs a registry query: allow list, local block lists, DNSBLs;
+and the skip lists (:class:`SkipList`): HELO names, sender domains, recipients and logged-in
+clients whose mail is accepted before any check.
 
 DNSBL answers in 127.255.255.0/24 are the lists' error codes (typo'd zone, open resolver,
 over quota: reference/anchors.md §6) and never mean "listed"; they are counted. Without a
@@ -13,10 +15,12 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
-from checkid.config import DnsList
+from checkid.config import DnsList, PrescreenConfig
+from checkid.engine.decision import Envelope
 from checkid.engine.dns.client import DnsClient, Outcome
 from checkid.engine.checks.iplists import IPAddress, IPList
 from checkid.engine.trace import Trace
+from checkid.engine.validate import address_domain
 
 _ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
 _LISTED = ipaddress.IPv4Network("127.0.0.0/24")
@@ -104,3 +108,54 @@ class IPScreen:
             elif addr in _LISTED:
                 return ListResult(Verdict.BLOCK, dnsl.name or dnsl.zone, address)
         return CLEAR
+
+
+class _Names:
+    """Domains, each matching itself, and ``.example.com`` entries matching the names below."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        names = [e.lower().rstrip(".") for e in entries]
+        self.exact = frozenset(n for n in names if not n.startswith("."))
+        self.suffixes = tuple(n for n in names if n.startswith("."))
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.suffixes)
+
+    def match(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+
+class SkipList:
+    """``[prescreen]`` skip lists: who is accepted unchecked, before any DNS query."""
+
+    def __init__(self, config: PrescreenConfig) -> None:
+        self.authenticated = config.skip_authenticated
+        self.helo = _Names(config.skip_helo)
+        self.senders = _Names(config.skip_sender_domains)
+        self.addresses = frozenset(e.lower() for e in config.skip_recipients if "@" in e)
+        self.rcpt_domains = _Names(tuple(e for e in config.skip_recipients if "@" not in e))
+
+    def reason(self, env: Envelope) -> str:
+        """Why ``env`` is skipped (``skip_authenticated``, ``skip_helo``, ``skip_sender``,
+        ``skip_recipients``), or "" when it is not. Recipients skip a transaction only when
+        every one of them is listed: one listed recipient must not carry mail to the others."""
+        if self.authenticated and env.authenticated:
+            return "skip_authenticated"
+        if self.helo and env.helo and self.helo.match(env.helo):
+            return "skip_helo"
+        if self.senders and env.sender:
+            domain = address_domain(env.sender)
+            if domain is not None and self.senders.match(domain):
+                return "skip_sender"
+        if env.rcpts and (self.addresses or self.rcpt_domains) and all(map(self.recipient, env.rcpts)):
+            return "skip_recipients"
+        return ""
+
+    def recipient(self, rcpt: str) -> bool:
+        """Whether ``rcpt`` is on ``skip_recipients`` (its address, or its domain)."""
+        address = rcpt.strip().strip("<>").lower()
+        if address in self.addresses:
+            return True
+        domain = address.rpartition("@")[2]
+        return bool(domain) and bool(self.rcpt_domains) and self.rcpt_domains.match(domain)

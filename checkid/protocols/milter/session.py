@@ -57,8 +57,11 @@ NO_REPLY = (Proto.NR_CONN | Proto.NR_HELO | Proto.NR_DATA | Proto.NR_HDR | Proto
 #: leading space (DKIM hashes ``c=simple`` headers exactly)
 WANTED_PROTOCOL = NO_REPLY | Proto.HDR_LEADSPC
 #: macros asked for with the OPTNEG macro-list extension
-MACROS = ((Stage.CONNECT, "j {client_addr}"), (Stage.ENVFROM, "i {mail_addr}"), (Stage.ENVRCPT, "i"),
+MACROS = ((Stage.CONNECT, "j {client_addr}"), (Stage.ENVFROM, "i {mail_addr} {auth_authen}"), (Stage.ENVRCPT, "i"),
           (Stage.DATA, "i"), (Stage.EOM, "i"))
+#: the macros of one message, forgotten when the MTA sends the next MAIL's (an MTA leaves out
+#: a macro it has no value for: the last message's queue id must not be logged again)
+MESSAGE_MACROS = ("i", "auth_authen")
 #: headers of a message kept for the decision at end of message (the body is streamed to
 #: the engine's sink, never held): Postfix's header_size_limit is 100 KiB per header, and a
 #: message with more than a thousand headers is not one anybody wants verified
@@ -91,6 +94,8 @@ class Connection:
     hostname: str = ""
     #: client address; None for local (family L) or unknown (U) connections: not judged
     ip: str | None = None
+    #: client TCP port (0: unknown), logged to join the MTA's log when no queue id is known
+    port: int = 0
     helo: str | None = None
     declared_id: str | None = None
     macros: dict[str, str] = field(default_factory=dict)
@@ -101,6 +106,8 @@ class Transaction:
     sender: str | None = None
     rcpts: list[str] = field(default_factory=list)
     decision: Decision | None = None
+    #: the recipient class ``decision`` was made for ("" at MAIL: every recipient's)
+    decision_class: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
     header_bytes: int = 0
     #: every header is in ``headers`` (False once one was past the bounds)
@@ -190,12 +197,15 @@ class MilterSession:
         return [OptNegReply(min(cmd.version, VERSION), int(self.actions), int(self.protocol), macros)]
 
     async def _on_macro(self, cmd: Macro) -> list[Response]:
+        if cmd.stage == b"M":
+            for name in MESSAGE_MACROS:
+                self.conn.macros.pop(name, None)
         for name, value in cmd.macros:
             self.conn.macros[name.strip("{}")] = value
         return []
 
     async def _on_connect(self, cmd: Connect) -> list[Response]:
-        self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros)
+        self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros, port=cmd.port)
         self.tx = Transaction()
         if cmd.family == "4":
             self.conn.ip = cmd.address
@@ -240,14 +250,20 @@ class MilterSession:
         self.tx.rcpts.append(rcpt)
         if self.conn.ip is None:
             return [CONTINUE]
+        rclass = self.decider.recipient_class(rcpt)
         if self.tx.decision is None:
             self.tx.decision = await self._decided(self._envelope(rcpts=(rcpt,)))
+            self.tx.decision_class = rclass
             return [replies.envelope_verdict(self.tx.decision)]
-        if self.decider.recipient_class(rcpt):  # this recipient has thresholds of its own
+        if rclass or self.tx.decision_class:  # thresholds (or a skip) of its own, or the first's were
+            if rclass == self.tx.decision_class:
+                return [CONTINUE]
             decision = await self._decided(self._envelope(rcpts=(rcpt,)))
             if decision.action in (Action.REJECT, Action.TEMPFAIL):
                 self.tx.rcpts.pop()
                 return [replies.reply_code(decision)]
+            if not rclass:  # the first recipient's own decision (a skip) does not speak for the others
+                self.tx.decision, self.tx.decision_class = decision, ""
         return [CONTINUE]
 
     async def _on_data(self, cmd: Data) -> list[Response]:
@@ -334,10 +350,12 @@ class MilterSession:
         return Envelope(ip=self.conn.ip, id=self.conn.declared_id, helo=self.conn.helo, sender=tx.sender,
                         rcpts=rcpts if rcpts is not None else tuple(tx.rcpts),
                         headers=tuple(tx.headers) if body is not None else (), body=body,
-                        headers_complete=tx.headers_complete)
+                        headers_complete=tx.headers_complete,
+                        authenticated=self.conn.macros.get("auth_authen") or None)
 
     async def _decided(self, env: Envelope) -> Decision:
-        return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""))
+        return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""),
+                                  client_port=self.conn.port or None)
 
 
 def _address(arg: str) -> str:

@@ -32,7 +32,8 @@ class PolicyOptions:
 def envelope(request: Request) -> Envelope:
     """The engine's view of a policy request (no ID: the HELO name is the fallback). A policy
     request never carries the message, not even at END-OF-MESSAGE, and no later one will:
-    methods that need it are skipped (``message_follows=False``), never answered CONTINUE."""
+    methods that need it are skipped (``message_follows=False``), never answered CONTINUE.
+    ``sasl_username`` (set when the client logged in) is the envelope's ``authenticated``."""
     rcpt = request.get("recipient", "")
     return Envelope(
         ip=request.get("client_address") or None,
@@ -41,7 +42,14 @@ def envelope(request: Request) -> Envelope:
         sender=request.get("sender", ""),
         rcpts=(rcpt,) if rcpt else (),
         message_follows=False,
+        authenticated=request.get("sasl_username") or None,
     )
+
+
+def client_port(request: Request) -> int | None:
+    """The client's port (Postfix 3.2 and later send ``client_port``), None when unknown."""
+    port = request.get("client_port", "")
+    return int(port) if port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536 else None
 
 
 class PolicySession:
@@ -70,7 +78,7 @@ class PolicySession:
         pending = self._decisions.get(rclass) if instance else None
         if pending is None:
             pending = eager.start(timed_decide(self.decider, envelope(request), self.front,
-                                               request.get("queue_id", "")))
+                                               request.get("queue_id", ""), client_port=client_port(request)))
             self._decisions[rclass] = pending
         decision = await pending
         action = render(decision, self.options.replies)

@@ -335,3 +335,34 @@ def test_the_body_is_streamed_not_held():
     peak = run(go())
     assert Counting.total == n * len(chunk)
     assert peak < 1024 * 1024  # far less than the 4 MiB that went through
+
+
+def test_the_sasl_login_and_the_client_port_reach_the_decision():
+    (reply, *_), _ = play(Decider(ACCEPTED), OFFER)
+    assert "{auth_authen}" in dict(reply[0].macros)[2].split()  # asked for at MAIL
+    decider = Decider(ACCEPTED)
+    play(decider, *SMTP, Macro(b"M", (("i", ""), ("{auth_authen}", "alice"))), Mail(("<a@example.com>",)),
+         Abort(), Macro(b"M", (("i", ""),)), Mail(("<b@example.com>",)))
+    assert [e.authenticated for e in decider.envelopes] == ["alice", None]
+
+
+def test_a_queue_id_is_not_logged_for_the_next_message(caplog):
+    import logging
+    decider = Decider(ACCEPTED)
+    with caplog.at_level(logging.INFO, logger="checkid.decision"):
+        play(decider, *SMTP, Macro(b"M", ()), Mail(("<a@example.com>",)), Macro(b"E", (("i", "4QX1"),)),
+             EndOfMessage(), Macro(b"M", ()), Mail(("<b@example.com>",)))
+    lines = [r.fields for r in caplog.records if r.name == "checkid.decision"]
+    assert [(f["from"], f["queue_id"], f["client_port"]) for f in lines] == [
+        ("a@example.com", None, 25), ("b@example.com", None, 25)]
+
+
+def test_a_skipped_first_recipient_does_not_speak_for_the_others():
+    skipped = Decision(Action.ACCEPT, 250, "", "Sender OK", (AUTHENT,), "skip", "skip_recipients")
+    decider = Decider(skipped, REJECTED, classes={"postmaster@example.org": "(skip)"})
+    replies_, _ = play(decider, *SMTP, Mail(("<a@example.net>",)), Rcpt(("<postmaster@example.org>",)),
+                       Rcpt(("<bob@example.org>",)), Rcpt(("<postmaster@example.org>",)),
+                       options=MilterOptions(decide_at="RCPT"))
+    assert replies_[-3:] == [[CONTINUE], [ReplyCode("550 5.7.1 Sending MTA '192.0.2.1' not authorized by "
+                                                    "'example.net'")], [CONTINUE]]
+    assert [e.rcpts for e in decider.envelopes] == [("postmaster@example.org",), ("bob@example.org",)]

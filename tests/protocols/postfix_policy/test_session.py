@@ -83,3 +83,14 @@ def test_no_message_follows_a_policy_request_not_even_at_end_of_message(state):
     answers(decider, req(state), options=PolicyOptions(decide_at=state))
     (envelope,) = decider.envelopes
     assert envelope.message_follows is False and envelope.body is None and envelope.headers == ()
+
+
+def test_the_sasl_login_and_the_client_port_reach_the_decision(caplog):
+    import logging
+    decider = Decider(ACCEPT)
+    with caplog.at_level(logging.INFO, logger="checkid.decision"):
+        answers(decider, req(sasl_username="alice", client_port="40123", queue_id="4QX1"),
+                req(instance="i2", client_port="x"))
+    assert [e.authenticated for e in decider.envelopes] == ["alice", None]
+    fields = [r.fields for r in caplog.records if r.name == "checkid.decision"]
+    assert [(f["client_port"], f["queue_id"]) for f in fields] == [(40123, "4QX1"), (None, None)]
