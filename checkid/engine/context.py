@@ -25,15 +25,11 @@ from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, Regi
 from checkid.engine.checks.reputation import Score, score
 from checkid.engine.checks.spfcheck import SpfOutcome
 from checkid.engine.decision import Action, Decision, Envelope, Header
-from checkid.engine.result import SPELLING, Result
+from checkid.engine.result import RANK, SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain, domain
 
-#: which result speaks for the whole when several methods ran and none passed
-_PRECEDENCE = (Result.PASS, Result.TEMPERROR, Result.FAIL, Result.SOFTFAIL,
-               Result.NEUTRAL, Result.PERMERROR, Result.NONE)
-_RANK = {r: i for i, r in enumerate(_PRECEDENCE)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +197,7 @@ class Context:
                 continue
             self.log("methods", f"{name}: {result.value}")
             results.append((name, result))
-            if _RANK[result] < _RANK[best]:
+            if RANK[result] < RANK[best]:
                 best, best_method = result, name
             if result is Result.PASS:
                 break

@@ -37,7 +37,7 @@ from checkid.engine.decision import Action, BodySink, Decision, Envelope, Header
 from checkid.engine.dns.cache import Cache, MemoryCache
 from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
 from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
-from checkid.engine.result import SPELLING, Result
+from checkid.engine.result import RANK, SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
 
@@ -55,8 +55,7 @@ def bad_input(text: str, code: int = 501, xcode: str = "5.5.4") -> Decision:
 #: what report mode delivers instead of enforcing
 _REFUSALS = frozenset((Action.REJECT, Action.TEMPFAIL, Action.DISCARD))
 #: which method's result speaks for a refusal's ``Authent:`` in report mode (as the context's)
-_PRECEDENCE = {r.value: i for i, r in enumerate((Result.PASS, Result.TEMPERROR, Result.FAIL, Result.SOFTFAIL,
-                                                 Result.NEUTRAL, Result.PERMERROR, Result.NONE))}
+_PRECEDENCE = {r.value: rank for r, rank in RANK.items()}
 #: a skipped transaction's ``Authent:`` method and result: nothing was checked
 SKIPPED = Auth(Result.NONE, "SKIP")
 

@@ -19,3 +19,8 @@ class Result(str, enum.Enum):
 
 #: each result as RFC 7208 and RFC 8601 spell it (``spf=pass``), made once, not per decision
 SPELLING: dict[Result, str] = {r: r.value.lower() for r in Result}
+
+#: which result speaks for the whole when several methods ran and none passed: the lower the
+#: rank, the more it says (a pass, then a failure that may go away, then a real one ...)
+RANK: dict[Result, int] = {r: i for i, r in enumerate((Result.PASS, Result.TEMPERROR, Result.FAIL, Result.SOFTFAIL,
+                                                        Result.NEUTRAL, Result.PERMERROR, Result.NONE))}
