@@ -174,7 +174,9 @@ class Engine:
         ctx = self._context(envelope, trace)
         if isinstance(ctx, Decision):
             self.counts[("bad_input",)] += 1
-            log.info("bad input: %s (ip=%r id=%r)", ctx.text, envelope.ip, envelope.id)
+            # bounded: the client chose these strings (a 1.9 MB "address" made 1.9 MB lines)
+            log.info("bad input: %s (ip=%r id=%r)", ctx.text, envelope.ip and envelope.ip[:80],
+                     envelope.id and envelope.id[:validate.MAX_DOMAIN + 1])
             if trace is not None:
                 trace.add("input", ctx.text)
             return ctx

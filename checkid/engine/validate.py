@@ -15,18 +15,30 @@ MAX_ADDRESS = 256
 MAX_RCPTS = 1000
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+#: what a plain address is written with: ASCII hex digits, dots (IPv4 and an IPv6 address's
+#: IPv4 tail) and colons. ``ipaddress`` also takes an IPv6 scope ID (``fe80::1%eth0``, any
+#: text after the ``%``) that no client address on the Internet has: it is refused as bad
+#: input, not carried into the checks and the ``Authent:`` header.
+_PLAIN_IP = re.compile(r"[0-9A-Fa-f.:]+\Z")
 
 
 # Pure functions of their text, asked again for every transaction of a busy sender: cached.
 @functools.lru_cache(maxsize=65536)
 def parse_ip(text: str) -> IPAddress | None:
-    """The client address, IPv4-mapped IPv6 folded to IPv4; None when unparseable."""
+    """The client address, IPv4-mapped IPv6 folded to IPv4; None when it is not a plain
+    IPv4 or IPv6 address (unparseable, or with a scope ID or any other decoration)."""
+    plain = text.strip().strip("[]")
+    if not _PLAIN_IP.match(plain):
+        return None
     try:
-        ip = ipaddress.ip_address(text.strip().strip("[]"))
+        ip = ipaddress.ip_address(plain)
     except ValueError:
         return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:  # _PLAIN_IP lets none through; the rule, said twice
+            return None
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
     return ip
 
 

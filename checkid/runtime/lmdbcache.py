@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 MAX_KEY = 500
 #: readers: a slot per concurrent read transaction (one per worker) plus tools
 MAX_READERS = 512
+#: the cache says which senders talk to this site: the files are for the run user (and its
+#: group, to read), never for any local user, as LMDB's default 0644 would make them
+FILE_MODE = 0o640
+#: its directory: the same, searchable
+DIR_MODE = 0o750
+#: the files LMDB keeps in the directory (``subdir=True``)
+FILES = ("data.mdb", "lock.mdb")
 
 
 def encode_key(key: Hashable) -> bytes:
@@ -49,15 +56,36 @@ def decode_key(raw: bytes) -> Hashable | None:
     return tuple(key) if isinstance(key, list) else key
 
 
+def tighten(path: str) -> None:
+    """Take away what :data:`DIR_MODE` and :data:`FILE_MODE` do not grant from the cache
+    directory and its files, when this process owns them: a cache an older version made
+    0644 (or a directory made with a loose umask) is readable by no one else from now on.
+    Never widens a mode; a file owned by another user is left alone."""
+    for name, allowed in (("", DIR_MODE), *((f, FILE_MODE) for f in FILES)):
+        where = os.path.join(path, name) if name else path
+        try:
+            st = os.stat(where)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~allowed:
+                os.chmod(where, st.st_mode & 0o777 & allowed)
+                log.warning("shared cache %s was mode %o, readable beyond the run user: made %o", where,
+                            st.st_mode & 0o777, st.st_mode & 0o777 & allowed)
+        except FileNotFoundError:
+            continue
+        except OSError as e:  # a read-only file system, say: the cache still works
+            log.warning("shared cache %s: cannot tighten its mode: %s", where, e.strerror or e)
+
+
 class LmdbCache:
     """A :class:`~checkid.engine.dns.cache.Cache` in an LMDB file shared by the host's workers."""
 
     def __init__(self, path: str, size_mb: int, mono: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
         self.path = path
         self.env = lmdb.open(path, map_size=max(1, size_mb) * 1024 * 1024, subdir=True, max_readers=MAX_READERS,
-                             writemap=True, sync=False, metasync=False, map_async=True, lock=True)
+                             writemap=True, sync=False, metasync=False, map_async=True, lock=True,
+                             mode=FILE_MODE)
+        tighten(path)
         self.mono = mono
         self.wall = wall
         self.stats = CacheStats()

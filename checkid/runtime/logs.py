@@ -6,6 +6,13 @@ A record may carry its fields as data: ``log.info(msg, *args, extra={"fields": {
 The text format shows only the message (which should say the same as ``key=value``); the
 JSON format makes each field a key of the line's object. A ``checkid.decision`` line
 without them has its ``key=value`` words taken as fields.
+
+Any record may carry what a client sent (a HELO name, an address, invalid UTF-8 as
+surrogate escapes), so both formats write any record, and write it as one bounded line:
+the text format escapes control characters, line separators and surrogates in the message
+(``\\n``, ``\\x1b``, ``\\xff`` for an undecodable byte) and indents a traceback's lines, so
+only a record's first line starts at the margin; the JSON format escapes them inside its
+strings. A message longer than :data:`MAX_LINE` is cut, and the cut is marked.
 """
 from __future__ import annotations
 
@@ -34,8 +41,88 @@ DECISION_LOGGER = "checkid.decision"
 #: the keys every JSON line has; a field of the same name does not replace them
 BASE_KEYS = ("time", "pid", "level", "logger", "msg")
 
+#: bound on a message, in characters: a record quoting what a client sent (a 1.9 MB "IP
+#: address") must not write megabytes per line; 8 KiB holds any honest line many times over
+MAX_LINE = 8192
+#: bound on a JSON line's field value: fields are short by nature (names, addresses, codes)
+MAX_FIELD = 1024
+#: bound on a traceback or stack: a deep recursion's is hundreds of kilobytes of repeats
+MAX_TRACEBACK = 65536
+#: what marks a cut message (or field, or traceback): how much was left out
+CUT = "…[cut {} chars]"
+
 #: key=value, the value <bracketed> (an address), "quoted" (backslash escapes) or one word
 _FIELD = re.compile(r'(?:^|(?<=\s))([A-Za-z_][A-Za-z0-9_.-]*)=(<[^>]*>|"(?:[^"\\]|\\.)*"|\S*)')
+#: what may not stand raw in a line: C0 and C1 controls and DEL (a newline would start a
+#: forged line, an escape sequence would drive a terminal), the Unicode line and paragraph
+#: separators (``str.splitlines`` breaks on them) and surrogates (undecodable bytes, which
+#: no encoder writes)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: inside a JSON string: the same, less the C0 controls ``json.dumps`` escapes itself
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that did not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character, line separator and surrogate written as a
+    backslash escape: printable, encodable and on one line."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def bound(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + CUT.format(len(text) - limit)
+
+
+def safe_message(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` escaped (:func:`escape`) and bounded, for a text line: at most ``limit``
+    characters, escapes included and never cut inside one, then the mark of a cut."""
+    head = text[:limit]
+    escaped = escape(head)
+    if len(escaped) > limit:  # the escapes lengthened it: keep the characters that fit
+        size = kept = 0
+        for kept, char in enumerate(head):  # at most ``limit`` rounds
+            size += len(escape(char))
+            if size > limit:
+                break
+        head = head[:kept]
+        escaped = escape(head)
+    return escaped if len(head) == len(text) else escaped + CUT.format(len(text) - len(head))
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """The text line: the message escaped and bounded (:func:`safe_message`), a traceback
+    or stack after it with each of its lines indented, escaped and bounded, so a line that
+    starts at the margin is always a record's first."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = safe_message(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        # not cached in record.exc_text: that is raw text another handler would write as is
+        after = [self.formatException(record.exc_info) if record.exc_info else record.exc_text or "",
+                 self.formatStack(record.stack_info) if record.stack_info else ""]
+        more = bound("\n".join(a for a in after if a), MAX_TRACEBACK)
+        if more:
+            line += "".join("\n  " + safe_message(part) for part in more.split("\n"))
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,19 +136,24 @@ class JsonFormatter(logging.Formatter):
         self.prefix = prefix
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = bound(record.getMessage())
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
             "pid": record.process, "level": record.levelname, "logger": record.name, "msg": message,
         }
         for key, value in record_fields(record, message):
+            key = bound(key, MAX_FIELD)
             if key not in BASE_KEYS:
-                line[key] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+                line[key] = value if value is None or isinstance(value, (int, float, bool)) \
+                    else bound(str(value), MAX_FIELD)
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = bound(self.formatException(record.exc_info), MAX_TRACEBACK)
         if record.stack_info:
-            line["stack"] = self.formatStack(record.stack_info)
-        return (self.prefix % {"process": record.process}) + json.dumps(line, ensure_ascii=False)
+            line["stack"] = bound(self.formatStack(record.stack_info), MAX_TRACEBACK)
+        # json.dumps escapes the C0 controls; the rest of what may not stand raw (surrogates
+        # above all, which no encoder writes) becomes a \\uXXXX escape, which reads back the same
+        text = _JSON_UNSAFE.sub(_json_escape, json.dumps(line, ensure_ascii=False))
+        return (self.prefix % {"process": record.process}) + text
 
 
 def record_fields(record: logging.LogRecord, message: str) -> Iterator[tuple[str, Any]]:
@@ -110,12 +202,12 @@ def setup_logging(config: Config) -> None:
             server.syslog_socket, logging.handlers.SysLogHandler.facility_names[server.syslog_facility],
             socktype=socket.SOCK_DGRAM)
         formatter = JsonFormatter("checkid[%(process)d]: ") if server.log_format == "json" \
-            else logging.Formatter(SYSLOG_FORMAT)
+            else TextFormatter(SYSLOG_FORMAT)
     else:
         # a logged name may hold any byte the peer sent; never fail the write over one
         handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace") if path \
             else logging.StreamHandler()
-        formatter = JsonFormatter() if server.log_format == "json" else logging.Formatter(FORMAT)
+        formatter = JsonFormatter() if server.log_format == "json" else TextFormatter(FORMAT)
     handler.setFormatter(formatter)
     logging.basicConfig(level=server.log_level.upper(), handlers=[handler], force=True)
 

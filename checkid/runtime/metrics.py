@@ -70,7 +70,9 @@ def prepare_dir(path: str) -> None:
     """Empty the metrics directory of the last run's files and point prometheus_client at
     it. Only ``*.db`` metric files are removed, whatever directory is configured."""
     directory = Path(path)
-    directory.mkdir(parents=True, mode=0o755, exist_ok=True)
+    # 0750: the metric files name what the site sees; prometheus_client makes them 0644
+    directory.mkdir(parents=True, mode=0o750, exist_ok=True)
+    os.chmod(directory, 0o750)
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path

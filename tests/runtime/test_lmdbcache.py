@@ -141,3 +141,29 @@ def test_an_spf_outcome_is_shared_through_the_layer(tmp_path, clocks):
 @given(st.tuples(st.text(max_size=600), st.text(max_size=10)))
 def test_keys_fit_lmdb(key):
     assert 0 < len(encode_key(key)) <= 500
+
+
+def test_cache_files_are_created_for_the_run_user_only(tmp_path, clocks):
+    """The cache says which senders talk to the site: not 0644, whatever the umask."""
+    old = os.umask(0o002)
+    try:
+        c = cache(tmp_path / "cache", clocks)
+    finally:
+        os.umask(old)
+    c.put(("TXT", "example.com"), TXT, clocks.mono + 300)
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o750
+    for name in ("data.mdb", "lock.mdb"):
+        assert (tmp_path / "cache" / name).stat().st_mode & 0o777 == 0o640
+
+
+def test_an_older_cache_readable_by_all_is_tightened(tmp_path, clocks):
+    c = cache(tmp_path / "cache", clocks)
+    c.put(("TXT", "example.com"), TXT, clocks.mono + 300)
+    c.close()
+    os.chmod(tmp_path / "cache", 0o777)
+    for name in ("data.mdb", "lock.mdb"):
+        os.chmod(tmp_path / "cache" / name, 0o666)
+    again = cache(tmp_path / "cache", clocks)
+    assert again.get(("TXT", "example.com"), clocks.mono) == TXT  # the entries are kept
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o750
+    assert {(tmp_path / "cache" / n).stat().st_mode & 0o777 for n in ("data.mdb", "lock.mdb")} == {0o640}
