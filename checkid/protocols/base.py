@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from checkid.errors import ProtocolError
+from checkid.protocols.limits import LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class ServerState:
     """
 
     def __init__(self, stats: Callable[[], Mapping[tuple[str, ...], int]] | None = None) -> None:
-        #: ("connections", front), ("protocol_errors", front), ("internal_errors", front)
+        #: ("connections", front), ("protocol_errors", front), ("internal_errors", front),
+        #: ("limits_exceeded", front, limit), ("codec_exceptions", front)
         self.counts: Counter[tuple[str, ...]] = Counter()
         #: connections open now, by front-end name
         self.open: Counter[str] = Counter()
@@ -76,16 +78,21 @@ class ServerState:
 
 
 class FlowControl:
-    """Pauses reading while too many requests are in flight or the write buffer is full
+    """Pauses reading while too many requests are in flight, too many bytes wait unhandled
+    (``buffered``, when ``max_buffered`` is set) or the write buffer is full
     (``pause_writing``); says when a connection has been idle ``idle`` seconds (no data, and
     nothing in flight). No loop, no clock: ``now`` is given."""
 
     def __init__(self, transport: asyncio.Transport, idle: float, max_in_flight: int,
-                 in_flight: Callable[[], int], now: float = 0.0) -> None:
+                 in_flight: Callable[[], int], now: float = 0.0,
+                 buffered: Callable[[], int] | None = None, max_buffered: int = 0) -> None:
         self.transport = transport
         self.idle = idle
         self.max_in_flight = max_in_flight
         self.in_flight = in_flight
+        #: bytes received and not yet handled, and the most that may wait (0: no bound)
+        self.buffered = buffered
+        self.max_buffered = max_buffered
         self.writing_paused = False
         self.reading_paused = False
         self.last = now
@@ -95,7 +102,8 @@ class FlowControl:
 
     def update(self) -> None:
         """Pause or resume reading to match the in-flight count and the write buffer."""
-        busy = self.writing_paused or self.in_flight() >= self.max_in_flight
+        busy = (self.writing_paused or self.in_flight() >= self.max_in_flight
+                or (self.max_buffered > 0 and self.buffered is not None and self.buffered() >= self.max_buffered))
         if busy and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -135,10 +143,17 @@ class Parser(Protocol):
 class Server(asyncio.Protocol):
     """One front-end connection: what the three protocols' servers share. Subclasses set
     ``parser`` and ``max_in_flight``, implement ``dispatch`` (their own order of answers),
-    ``in_flight`` and ``shutdown``, and may add a deadline through ``get_timer``/``handle_timer``."""
+    ``in_flight`` and ``shutdown``, and may add a deadline through ``get_timer``/``handle_timer``.
+
+    Whatever a codec raises on the peer's bytes ends that connection only: a
+    :class:`ProtocolError` through :meth:`refuse`, any other exception (a codec bug that
+    hostile input found: RecursionError, struct.error, ...) through :meth:`undecodable`, which
+    logs it, counts it as ``codec_exceptions`` and refuses the stream the same way."""
 
     #: reading pauses at this many requests (or commands) received and not yet answered
     max_in_flight = 64
+    #: reading pauses while this many bytes received wait unhandled (0: only ``max_in_flight``)
+    max_buffered = 0
     #: a malformed stream is aborted (nothing more is sent), rather than closed after the writes
     abort_on_error = False
     #: whether data is still read after a shutdown began (to finish a message)
@@ -161,7 +176,7 @@ class Server(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.peer = str(transport.get_extra_info("peername") or "unix")
         self.flow = FlowControl(self.transport, self.idle_timeout, self.max_in_flight, self.in_flight,
-                                self.loop.time())
+                                self.loop.time(), self.buffered, self.max_buffered)
         self.state.add(self)
         self.arm_timer()
 
@@ -181,6 +196,8 @@ class Server(asyncio.Protocol):
             self.parser.receive_data(data)
         except ProtocolError as e:
             return self.refuse(e)
+        except Exception as e:  # noqa: BLE001 - any codec failure ends this connection only
+            return self.undecodable(e)
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -188,8 +205,23 @@ class Server(asyncio.Protocol):
         raise NotImplementedError
 
     def refuse(self, error: ProtocolError) -> None:
-        """The stream is malformed: this connection ends."""
+        """The stream is malformed (or passed a bound): this connection ends."""
+        if isinstance(error, LimitExceeded):
+            self.state.counts[("limits_exceeded", self.front, error.limit)] += 1
         self.fail(str(error), self.abort_on_error)
+
+    def undecodable(self, error: Exception) -> None:
+        """The codec raised something other than :class:`ProtocolError` on the peer's bytes:
+        a protocol error of this connection (error reply where there is one, then close),
+        never an exception out of ``data_received``. Logged without the traceback, which a
+        client could otherwise make us print at will (debug level has it)."""
+        log.debug("%s: %s codec raised", self.peer, self.front, exc_info=error)
+        self.state.counts[("codec_exceptions", self.front)] += 1
+        self.refuse(ProtocolError(f"undecodable input ({type(error).__name__}: {str(error)[:100]!r})"))
+
+    def buffered(self) -> int:
+        """Bytes received and not yet handled (what ``max_buffered`` bounds)."""
+        return 0
 
     def lost(self) -> None:
         """The connection is gone: cancel what is still running for it."""

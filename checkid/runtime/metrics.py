@@ -59,6 +59,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "report_mode_refusals": ("Refusals report mode delivered instead ([policy] mode = \"report\"), by front-end "
                              "and would-be action", ("frontend", "action")),
     "skipped": ("Transactions accepted unchecked by a [prescreen] skip list, by reason", ("reason",)),
+    "limits_exceeded": ("Connections closed because the peer passed a bound on what one connection may hold "
+                        "(also counted in protocol_errors), by front-end and bound", ("frontend", "limit")),
+    "codec_exceptions": ("Unexpected exceptions a front-end's codec raised on a peer's input; the connection was "
+                         "closed as a protocol error (also counted in protocol_errors)", ("frontend",)),
 }
 
 #: 50 µs to 10 s

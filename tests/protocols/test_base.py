@@ -266,3 +266,87 @@ def test_shutdown_also_ends_a_connection_accepted_after_it_began(protocol):
         return closed_at_once, state.connections
 
     assert run(go()) == (True, set())
+
+
+# -- any codec failure is a protocol error of that connection only (issue 14) -----------------
+class BrokenParser:
+    """A codec with a bug hostile input found: ``receive_data`` raises what it raises."""
+
+    pending = 0
+    pending_bytes = 0
+
+    def __init__(self, error):
+        self.error = error
+
+    def receive_data(self, data):
+        raise self.error
+
+    def receive_eof(self):
+        pass
+
+    def next_event(self):
+        return None
+
+
+@pytest.mark.parametrize("protocol", ["policy", "msgpack-rpc", "milter"])
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), IndexError("index"),
+                                   MemoryError()])
+def test_server_closes_a_connection_whose_codec_raises_anything_with_a_log_line_and_metrics(protocol, error, caplog):
+    async def go():
+        state = ServerState()
+        proto, other = make(protocol, Decider(), state), make(protocol, Decider(), state)
+        transport, untouched = connect(proto), connect(other)
+        proto.parser = BrokenParser(error)
+        proto.data_received(b"\x91" * 1000)  # nothing escapes data_received
+        await until(lambda: proto.closed and proto not in state.connections)
+        return state, transport, untouched
+
+    state, transport, untouched = run(go())
+    assert transport.closed and not untouched.closed
+    assert state.counts[("protocol_errors", protocol)] == 1 and state.counts[("codec_exceptions", protocol)] == 1
+    assert f"undecodable input ({type(error).__name__}" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_milter_command_decoding_that_raises_anything_closes_that_connection():
+    async def go():
+        state = ServerState()
+        proto = make("milter", Decider(), state)
+        transport = connect(proto)
+        proto.parser.next_event = lambda: (_ for _ in ()).throw(UnicodeDecodeError("utf-8", b"", 0, 1, "bad"))
+        proto.data_received(MILTER_OPEN)
+        await until(lambda: proto.closed)
+        return state, transport
+
+    state, transport = run(go())
+    assert transport.closed and state.counts[("codec_exceptions", "milter")] == 1
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 1023])
+def test_rpc_deep_nesting_gets_an_error_reply_then_close_with_a_metric(depth):
+    async def go():
+        state = ServerState()
+        proto = make("msgpack-rpc", Decider(), state)
+        transport = connect(proto)
+        proto.data_received(b"\x94\x00\x09\xa7checkID" + b"\x91" * depth + b"\xc0")  # [0, 9, "checkID", [[[...nil]]]]
+        await until(lambda: proto.closed)
+        return state, transport
+
+    state, transport = run(go())
+    msg = msgpack.unpackb(transport.take())
+    assert msg[:2] == [rpc.RESPONSE, 9] and "deeper than" in msg[2] and transport.closed
+    assert state.counts[("limits_exceeded", "msgpack-rpc", "nesting")] == 1
+    assert state.counts[("protocol_errors", "msgpack-rpc")] == 1
+
+
+def test_flow_reading_pauses_while_too_many_bytes_wait_unhandled():
+    t, buffered = Transport(), [0]
+    flow = FlowControl(t, 0, 100, lambda: 1, buffered=lambda: buffered[0], max_buffered=1000)
+    buffered[0] = 999
+    flow.update()
+    below = t.reading
+    buffered[0] = 1000
+    flow.update()
+    paused = not t.reading
+    buffered[0] = 10
+    flow.update()
+    assert below and paused and t.reading

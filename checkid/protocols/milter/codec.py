@@ -31,6 +31,8 @@ class Framer:
         self.max_packet = max_packet
         self._buffer = bytearray()
         self._packets: deque[tuple[bytes, bytes]] = deque()
+        #: payload bytes of the framed packets not yet taken
+        self._framed_bytes = 0
 
     def feed(self, data: bytes) -> None:
         buf = self._buffer
@@ -44,16 +46,26 @@ class Framer:
                 break
             body = bytes(buf[start + 4:start + 4 + length])
             self._packets.append((body[:1], body[1:]))
+            self._framed_bytes += length
             start += 4 + length
         del buf[:start]
 
     def next_packet(self) -> tuple[bytes, bytes] | None:
-        return self._packets.popleft() if self._packets else None
+        if not self._packets:
+            return None
+        code, payload = self._packets.popleft()
+        self._framed_bytes -= 1 + len(payload)
+        return code, payload
 
     @property
     def pending(self) -> int:
         """Packets framed and not yet taken."""
         return len(self._packets)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held: the packets framed and not yet taken, and the start of the next one."""
+        return self._framed_bytes + len(self._buffer)
 
 
 def frame(code: bytes, payload: bytes = b"") -> bytes:
@@ -136,6 +148,11 @@ class CommandParser:
     def pending(self) -> int:
         """Commands received and not yet taken with :meth:`next_event`."""
         return self._framer.pending
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received and not yet taken as commands."""
+        return self._framer.pending_bytes
 
 
 def _z(text: str) -> bytes:

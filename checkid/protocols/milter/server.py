@@ -4,9 +4,15 @@ Commands are answered strictly in order: each is handled as soon as the one befo
 answered, with no task per connection (a warm one completes at once). Every command's
 responses (modifications + verdict at end of message) go out in one write, on a
 TCP_NODELAY socket (reference/milter.md §13: the Nagle stall). Reading pauses while
-``MAX_QUEUED`` commands wait (the MTA sends a message's headers and body without waiting
-for replies while a decision is pending). A malformed stream closes that connection with a
-log line and a metric. On shutdown a connection between messages closes at once; one in a
+``MAX_QUEUED`` commands, or ``MAX_QUEUED_BYTES`` of them, wait (the MTA sends a message's
+headers and body without waiting for replies while a decision is pending): what waits stays
+in the MTA's socket, and a body is streamed to the engine's sink as it is handled, never
+kept. A malformed stream, or one past a session bound (macros, recipients: see
+``milter/session.py``), closes that connection with a log line and a metric.
+
+What one connection may hold is so bounded: about ``MAX_QUEUED_BYTES`` plus one packet and
+one read queued, the session's macros (``MAX_MACRO_BYTES``), one message's recipients
+(``MAX_RCPT_BYTES``) and headers (``MAX_HEADER_BYTES``): under 10 MiB. On shutdown a connection between messages closes at once; one in a
 message closes after that message's end-of-message reply (or ABORT).
 """
 from __future__ import annotations
@@ -25,10 +31,15 @@ from checkid.protocols.milter.session import MilterOptions, MilterSession
 FRONT = "milter"
 #: stop reading from an MTA that has sent this many commands not yet handled
 MAX_QUEUED = 256
+#: ... or this many bytes of them: twice the largest packet (``codec.MAX_PACKET``), so one
+#: maximal header always gets in, and 32 of Postfix's 64 KiB body chunks (MILTER_CHUNK_SIZE);
+#: 256 commands of 1 MiB each would otherwise be 256 MiB held by one connection
+MAX_QUEUED_BYTES = 2 * 1024 * 1024
 
 
 class MilterProtocol(Server):
     max_in_flight = MAX_QUEUED
+    max_buffered = MAX_QUEUED_BYTES
     reads_while_closing = True  # the message in progress is finished first
     parser: CommandParser
 
@@ -49,6 +60,9 @@ class MilterProtocol(Server):
     def in_flight(self) -> int:
         return self.parser.pending + (self.current is not None)
 
+    def buffered(self) -> int:
+        return self.parser.pending_bytes
+
     def dispatch(self) -> None:
         """Handle the queued commands in order until one has to wait."""
         now = self.loop.time()
@@ -59,6 +73,8 @@ class MilterProtocol(Server):
                 command = self.parser.next_event()
             except ProtocolError as e:
                 return self.refuse(e)
+            except Exception as e:  # noqa: BLE001 - a payload the decoder did not foresee
+                return self.undecodable(e)
             if command is None:
                 break
             handling = eager.start(self.session.handle(command, now))

@@ -26,6 +26,13 @@ received. When the end-of-message decision is due, the body is streamed into the
 
 Counted in ``counts``: ``("forged_headers_removed", front)`` per header deleted and
 ``("forged_headers_kept", front)`` per one the MTA did not let us delete (no ``CHGHDRS``).
+
+What a connection holds is bounded (the protocol itself bounds none of it but the packet):
+macros (per MACRO packet, per name and value, and in total for the connection) and
+recipients per message raise :class:`~checkid.protocols.limits.LimitExceeded` past their
+bound, and the server closes the connection; headers past theirs are no longer kept (the
+decision is told: ``headers_complete``); headers' names are counted for deletion indexes up
+to a bound, and a forged header past it is counted as kept.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from typing import Any
 from checkid.engine.decision import Action, BodySink, Decision, Envelope
 from checkid.errors import ProtocolError
 from checkid.protocols.decider import Decider, timed_decide
+from checkid.protocols.limits import LimitExceeded
 from checkid.protocols.milter import replies
 from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, ChangeHeader, Command,
                                              Connect, Data, EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo,
@@ -70,6 +78,28 @@ MAX_HEADER_BYTES = 1024 * 1024
 #: forged headers remembered for deletion per message (each is one CHGHEADER at the end);
 #: past it the rest are kept and counted as such
 MAX_FORGED = 1000
+#: distinct header names (lower-cased) counted per message for the deletion indexes, and
+#: their bytes: as many as headers are kept; a forged header of a name not counted cannot be
+#: indexed, so it is kept (and counted as such)
+MAX_HEADER_NAMES = MAX_HEADERS
+MAX_HEADER_NAME_BYTES = 64 * 1024
+#: macros in one MACRO packet (one stage): Postfix's default milter_*_macros lists name
+#: under a dozen per stage; 64 leaves room for an operator's additions
+MAX_MACROS_PER_STAGE = 64
+#: a macro name: the longest standard ones ({client_connections}) have about 20 characters
+MAX_MACRO_NAME = 128
+#: a macro value: Postfix's longest come from SMTP lines (line_length_limit 2048) and
+#: certificate names (a few hundred bytes); 8 KiB is four times the longest line
+MAX_MACRO_VALUE = 8 * 1024
+#: distinct macros a connection keeps (every stage's together, as they are merged), and
+#: their bytes (names and values)
+MAX_MACROS = 256
+MAX_MACRO_BYTES = 64 * 1024
+#: recipients of one message: ten times Postfix's smtpd_recipient_limit default (1000);
+#: RFC 5321 §4.5.3.1.8 asks an MTA to take at least 100. Sendmail has no default bound
+MAX_RCPTS = 10_000
+#: their bytes: 10,000 of RFC 5321's longest path (256 octets, §4.5.3.1.3) are 2.5 MiB
+MAX_RCPT_BYTES = 4 * 1024 * 1024
 
 
 class State(enum.Enum):
@@ -99,12 +129,16 @@ class Connection:
     helo: str | None = None
     declared_id: str | None = None
     macros: dict[str, str] = field(default_factory=dict)
+    #: bytes of ``macros`` (names and values), against ``MAX_MACRO_BYTES``
+    macro_bytes: int = 0
 
 
 @dataclass
 class Transaction:
     sender: str | None = None
     rcpts: list[str] = field(default_factory=list)
+    #: bytes of ``rcpts``, against ``MAX_RCPT_BYTES``
+    rcpt_bytes: int = 0
     decision: Decision | None = None
     #: the recipient class ``decision`` was made for ("" at MAIL: every recipient's)
     decision_class: str = ""
@@ -112,8 +146,10 @@ class Transaction:
     header_bytes: int = 0
     #: every header is in ``headers`` (False once one was past the bounds)
     headers_complete: bool = True
-    #: headers seen so far by lower-case name (all of them, also those not kept)
+    #: headers seen so far by lower-case name (all of them, also those not kept), up to
+    #: ``MAX_HEADER_NAMES`` names of ``MAX_HEADER_NAME_BYTES``
     seen: Counter[str] = field(default_factory=Counter)
+    seen_bytes: int = 0
     #: the forged headers to delete: (name, 1-based index among the headers of that name)
     forged: list[tuple[str, int]] = field(default_factory=list)
     #: where the body goes when the end-of-message decision needs it (asked at end of headers)
@@ -197,15 +233,32 @@ class MilterSession:
         return [OptNegReply(min(cmd.version, VERSION), int(self.actions), int(self.protocol), macros)]
 
     async def _on_macro(self, cmd: Macro) -> list[Response]:
+        """Keep the stage's macros. :raises LimitExceeded: past a macro bound"""
+        if len(cmd.macros) > MAX_MACROS_PER_STAGE:
+            raise LimitExceeded(f"MACRO with {len(cmd.macros)} macros (at most {MAX_MACROS_PER_STAGE})", "macros")
+        for name, value in cmd.macros:
+            if len(name) > MAX_MACRO_NAME or len(value) > MAX_MACRO_VALUE:
+                raise LimitExceeded(f"macro name of {len(name)} or value of {len(value)} characters (at most "
+                                    f"{MAX_MACRO_NAME} and {MAX_MACRO_VALUE})", "macro_size")
+        conn = self.conn
+        macros = conn.macros
         if cmd.stage == b"M":
             for name in MESSAGE_MACROS:
-                self.conn.macros.pop(name, None)
+                if name in macros:
+                    conn.macro_bytes -= len(name) + len(macros.pop(name))
         for name, value in cmd.macros:
-            self.conn.macros[name.strip("{}")] = value
+            name = name.strip("{}")
+            old = macros.get(name)
+            conn.macro_bytes += len(value) - len(old) if old is not None else len(name) + len(value)
+            macros[name] = value
+        if len(macros) > MAX_MACROS or conn.macro_bytes > MAX_MACRO_BYTES:
+            raise LimitExceeded(f"{len(macros)} macros of {conn.macro_bytes} characters kept (at most {MAX_MACROS} "
+                                f"of {MAX_MACRO_BYTES})", "macros")
         return []
 
     async def _on_connect(self, cmd: Connect) -> list[Response]:
-        self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros, port=cmd.port)
+        self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros, macro_bytes=self.conn.macro_bytes,
+                               port=cmd.port)
         self.tx = Transaction()
         if cmd.family == "4":
             self.conn.ip = cmd.address
@@ -246,8 +299,14 @@ class MilterSession:
         return [replies.envelope_verdict(self.tx.decision)]
 
     async def _on_rcpt(self, cmd: Rcpt) -> list[Response]:
+        """:raises LimitExceeded: past the recipients' bound"""
         rcpt = _address(cmd.args[0])
-        self.tx.rcpts.append(rcpt)
+        tx = self.tx
+        if len(tx.rcpts) >= MAX_RCPTS or tx.rcpt_bytes + len(rcpt) > MAX_RCPT_BYTES:
+            raise LimitExceeded(f"RCPT past {len(tx.rcpts)} recipients of {tx.rcpt_bytes} characters in one message "
+                                f"(at most {MAX_RCPTS} of {MAX_RCPT_BYTES})", "rcpts")
+        tx.rcpts.append(rcpt)
+        tx.rcpt_bytes += len(rcpt)
         if self.conn.ip is None:
             return [CONTINUE]
         rclass = self.decider.recipient_class(rcpt)
@@ -260,7 +319,7 @@ class MilterSession:
                 return [CONTINUE]
             decision = await self._decided(self._envelope(rcpts=(rcpt,)))
             if decision.action in (Action.REJECT, Action.TEMPFAIL):
-                self.tx.rcpts.pop()
+                self.tx.rcpt_bytes -= len(self.tx.rcpts.pop())
                 return [replies.reply_code(decision)]
             if not rclass:  # the first recipient's own decision (a skip) does not speak for the others
                 self.tx.decision, self.tx.decision_class = decision, ""
@@ -277,9 +336,14 @@ class MilterSession:
         if not self.protocol & Proto.HDR_LEADSPC and not value.startswith("\t"):
             value = " " + value
         key = cmd.name.lower()
-        tx.seen[key] += 1
+        counted = key in tx.seen
+        if not counted and len(tx.seen) < MAX_HEADER_NAMES and tx.seen_bytes + len(key) <= MAX_HEADER_NAME_BYTES:
+            tx.seen_bytes += len(key)
+            counted = True
+        if counted:
+            tx.seen[key] += 1
         if self.decider.forged_header(cmd.name, value):
-            if len(tx.forged) < MAX_FORGED:
+            if counted and len(tx.forged) < MAX_FORGED:
                 tx.forged.append((cmd.name, tx.seen[key]))
             else:
                 self.counts[("forged_headers_kept", self.front)] += 1

@@ -13,10 +13,16 @@ from typing import Any
 import msgpack
 
 from checkid.errors import ProtocolError
+from checkid.protocols.limits import LimitExceeded
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 #: the largest message accepted: a whole message with headers and body (1 MiB) and slack
 MAX_MESSAGE = 2 * 1024 * 1024
+#: the deepest nesting of arrays and maps accepted in one message. The deepest a valid call
+#: goes is 5 (message, params, the named-params map, Hdrs, a [name, value] pair); anything
+#: handed on must stay far below Python's recursion limit (1000), which ``repr`` and ``==``
+#: of a nested list hit at about 1,000 levels (msgpack's own stack stops only at 1,024)
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +56,27 @@ class BadRequest:
 Event = Request | Notification | Response | BadRequest
 
 
-class MessageTooLarge(ProtocolError):
+class MessageRefused(LimitExceeded):
+    """A message past a bound; ``msgid`` is set when it could be read (the error reply names it)."""
+
+    def __init__(self, message: str, limit: str, msgid: int | None) -> None:
+        super().__init__(message, limit)
+        self.msgid = msgid
+
+
+class MessageTooLarge(MessageRefused):
     """A message larger than the limit; ``msgid`` is set when it could be read."""
 
     def __init__(self, message: str, msgid: int | None) -> None:
-        super().__init__(message)
-        self.msgid = msgid
+        super().__init__(message, "message_size", msgid)
+
+
+class MessageTooDeep(MessageRefused):
+    """A message nesting arrays and maps deeper than the limit; ``msgid`` is set when it is a
+    request whose msgid could be read."""
+
+    def __init__(self, message: str, msgid: int | None) -> None:
+        super().__init__(message, "nesting", msgid)
 
 
 class RpcParser:
@@ -64,10 +85,12 @@ class RpcParser:
     :raises ProtocolError: when the stream is not MessagePack or an object is not an RPC
         message (the stream cannot be resynchronised: close it)
     :raises MessageTooLarge: when a message exceeds ``max_message`` bytes
+    :raises MessageTooDeep: when a message nests deeper than ``max_depth``
     """
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE, max_depth: int = MAX_DEPTH) -> None:
         self.max_message = max_message
+        self.max_depth = max_depth
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message, strict_map_key=False)
         self._events: deque[Event] = deque()
         self._fed = 0
@@ -88,6 +111,9 @@ class RpcParser:
         try:
             for obj in self._unpacker:
                 self._end = self._unpacker.tell()
+                if _too_deep(obj, self.max_depth):
+                    raise MessageTooDeep(f"message nests arrays and maps deeper than {self.max_depth} levels",
+                                         _request_msgid(obj))
                 self._events.append(_event(obj))
         except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors; TypeError: unhashable map key
             raise ProtocolError(f"not MessagePack: {e}") from None
@@ -125,6 +151,28 @@ def _event(obj: Any) -> Event:
             raise ProtocolError("response msgid is not an integer")
         return Response(msgid, error, result)
     raise ProtocolError(f"not an RPC message: {_show(obj)}")
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests arrays and maps more than ``limit`` levels (the top one counts),
+    found without recursion: only containers are visited."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
+
+
+def _request_msgid(obj: Any) -> int | None:
+    """The msgid of ``obj`` if it is shaped like a request, to answer its refusal."""
+    if isinstance(obj, list) and len(obj) == 4 and obj[0] == REQUEST and isinstance(obj[1], int) \
+            and not isinstance(obj[1], bool) and 0 <= obj[1] < 2**32:
+        return int(obj[1])
+    return None
 
 
 def _msgid_of(head: bytes) -> int | None:

@@ -1,6 +1,8 @@
 """The asyncio adapter for MessagePack-RPC: many requests in flight per connection, each
 answered when its decision is ready (out of order, tied by msgid). A stream that is not
-MessagePack closes that one connection. A client's half-close, and a shutdown, are
+MessagePack (or a message past a bound: size, nesting; or anything the codec raises) closes
+that one connection, after an error reply to the request when its msgid could be read
+(:meth:`Server.refuse`, :meth:`Server.undecodable`). A client's half-close, and a shutdown, are
 answered (what was asked so far) and then closed."""
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from checkid.errors import ProtocolError
 from checkid.protocols import eager
 from checkid.protocols.base import Server, ServerState
 from checkid.protocols.decider import Decider
-from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageTooLarge, Notification, Request, Response,
+from checkid.protocols.msgpack_rpc.codec import (BadRequest, MessageRefused, Notification, Request, Response,
                                                  RpcParser, encode_response)
 from checkid.protocols.msgpack_rpc.service import RpcError, RpcService
 
@@ -39,7 +41,7 @@ class RpcProtocol(Server):
         return len(self.tasks)
 
     def refuse(self, error: ProtocolError) -> None:
-        if isinstance(error, MessageTooLarge) and error.msgid is not None:
+        if isinstance(error, MessageRefused) and error.msgid is not None:
             self._send(error.msgid, str(error), None)
         super().refuse(error)
 

@@ -47,6 +47,9 @@ class PolicyProtocol(Server):
         except ProtocolError as e:
             self.refuse(e)
             return False
+        except Exception as e:  # noqa: BLE001 - any codec failure is this connection's protocol error
+            self.undecodable(e)
+            return False
         self.dispatch()
         return bool(self.tasks)  # keep the write side open until the answers are out
 

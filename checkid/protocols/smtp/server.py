@@ -164,6 +164,8 @@ class SmtpProtocol(Server):
             self.proxy.receive_data(data)
         except ProtocolError as e:
             return self.refuse(e)
+        except Exception as e:  # noqa: BLE001 - any codec failure is this connection's protocol error
+            return self.undecodable(e)
         header = self.proxy.header
         if header is None:
             return
@@ -204,6 +206,8 @@ class SmtpProtocol(Server):
                 event = self.parser.next_event()
             except ProtocolError as e:
                 return self.refuse(e)
+            except Exception as e:  # noqa: BLE001 - any codec failure is this connection's protocol error
+                return self.undecodable(e)
             if event is None:
                 break
             handling = drive.start(session.handle(event, now))

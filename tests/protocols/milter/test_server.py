@@ -138,3 +138,50 @@ def test_a_malformed_stream_closes_only_that_connection(dns):
 
     closed, neg = run(go())
     assert closed == b"" and isinstance(neg, OptNegReply)
+
+
+# -- what a connection may hold (issue 14) ----------------------------------------------------
+from checkid.protocols.milter.events import Body, Macro  # noqa: E402
+from checkid.protocols.milter.server import MAX_QUEUED_BYTES  # noqa: E402
+
+
+def test_a_flood_of_macros_closes_the_connection_with_a_log_line_and_a_metric(caplog):
+    async def go():
+        state = ServerState()
+        proto = MilterProtocol(Decider(), state, MilterOptions())
+        transport = connect(proto)
+        proto.data_received(codec.encode_command(OptNeg(6, 0x1FF, 0x1FFFFF)))
+        packets = 0
+        while not transport.closed and packets < 100_000:  # bounded: the bound is far below
+            proto.data_received(codec.encode_command(Macro(b"C", ((f"{{m{packets}}}", "v" * 1000),))))
+            packets += 1
+        await until(lambda: proto.closed)
+        return state, transport, packets, proto.session.conn.macro_bytes
+
+    state, transport, packets, held = run(go())
+    assert transport.closed and packets < 1000 and held < 100_000
+    assert state.counts[("limits_exceeded", "milter", "macros")] == 1
+    assert state.counts[("protocol_errors", "milter")] == 1
+    assert "macros" in caplog.text and "closing the milter connection" in caplog.text
+
+
+def test_body_queued_behind_a_pending_decision_pauses_reading_by_its_bytes_and_is_not_kept():
+    async def go():
+        decider = Decider(hold=True)
+        proto = MilterProtocol(decider, ServerState(), MilterOptions())
+        transport = connect(proto)
+        proto.data_received(OPEN)
+        await until(lambda: decider.waiting)  # the decision at MAIL is pending
+        chunk = codec.encode_command(Body(b"x" * 65535))  # Postfix's MILTER_CHUNK_SIZE
+        sent = 0
+        while transport.reading and sent < 200:  # 200 chunks are 13 MB: far past the bound
+            proto.data_received(chunk * 4)  # a 256 KiB read, as uvloop delivers
+            sent += 4
+        held = sent * len(chunk), proto.in_flight()  # nothing is handled while the decision waits
+        decider.release()
+        await until(lambda: not proto.in_flight())
+        return held, transport.reading, proto.parser.pending_bytes
+
+    (held_bytes, queued), resumed, left = run(go())
+    assert held_bytes <= MAX_QUEUED_BYTES + 4 * 65540 and queued < MAX_QUEUED  # a read past the bound
+    assert resumed and left == 0  # handled, streamed on (no sink: the decision at MAIL stands), freed

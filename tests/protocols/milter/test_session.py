@@ -366,3 +366,55 @@ def test_a_skipped_first_recipient_does_not_speak_for_the_others():
     assert replies_[-3:] == [[CONTINUE], [ReplyCode("550 5.7.1 Sending MTA '192.0.2.1' not authorized by "
                                                     "'example.net'")], [CONTINUE]]
     assert [e.rcpts for e in decider.envelopes] == [("postmaster@example.org",), ("bob@example.org",)]
+
+
+# -- what a connection may hold (issue 14) ----------------------------------------------------
+from checkid.protocols.limits import LimitExceeded  # noqa: E402
+from checkid.protocols.milter import session as milter_session  # noqa: E402
+
+
+def refused_limit(*cmds):
+    """The ``limit`` of the LimitExceeded the commands end with (None: all taken)."""
+    try:
+        play(Decider(ACCEPTED), *cmds)
+    except LimitExceeded as e:
+        return e.limit
+    return None
+
+
+def test_session_macros_with_new_names_are_refused_past_the_connections_bound():
+    flood = [Macro(b"C", ((f"{{m{i}}}", "v" * 100),)) for i in range(milter_session.MAX_MACROS + 1)]
+    assert refused_limit(OFFER, *flood) == "macros"
+    many_bytes = [Macro(b"C", tuple((f"{{b{i}.{j}}}", "v" * 4000) for j in range(8))) for i in range(3)]
+    assert refused_limit(OFFER, *many_bytes) == "macros"  # 96 kB > MAX_MACRO_BYTES in 24 macros
+
+
+def test_session_macros_past_a_stage_name_or_value_bound_are_refused():
+    assert refused_limit(OFFER, Macro(b"C", tuple((f"m{i}", "") for i in range(65)))) == "macros"
+    assert refused_limit(OFFER, Macro(b"C", (("i", "v" * (milter_session.MAX_MACRO_VALUE + 1)),))) == "macro_size"
+    assert refused_limit(OFFER, Macro(b"C", (("n" * 129, "v"),))) == "macro_size"
+
+
+def test_session_macros_sent_again_replace_their_values_and_never_add_up():
+    again = [Macro(b"M", (("i", "Q" * 2000), ("{auth_authen}", "u" * 2000))) for _ in range(1000)]
+    _, session = play(Decider(ACCEPTED), *SMTP, *again, Macro(b"M", (("i", "QID"),)))
+    assert session.conn.macros["i"] == "QID" and "auth_authen" not in session.conn.macros
+    assert session.conn.macro_bytes == sum(len(n) + len(v) for n, v in session.conn.macros.items())
+
+
+def test_session_recipients_of_one_message_are_refused_past_their_bound():
+    rcpts = [Rcpt((f"<u{i}@example.org>",)) for i in range(milter_session.MAX_RCPTS + 1)]
+    assert refused_limit(*SMTP, Mail(("<a@example.com>",)), *rcpts) == "rcpts"
+    big = [Rcpt(("<" + "u" * 500_000 + f"{i}@example.org>",)) for i in range(9)]
+    assert refused_limit(*SMTP, Mail(("<a@example.com>",)), *big) == "rcpts"  # 4.5 MB > MAX_RCPT_BYTES
+    # every message starts afresh
+    per_message = [Mail(("<a@example.com>",)), *rcpts[:-1], Abort()] * 2
+    assert refused_limit(*SMTP, *per_message) is None
+
+
+def test_session_header_names_counted_for_deletion_are_bounded():
+    names = [HeaderField(f"X-{i}", "v") for i in range(milter_session.MAX_HEADER_NAMES + 500)]
+    _, session = play(Decider(ACCEPTED, forged=forged_authent), *SMTP, Mail(("<a@example.com>",)), *names,
+                      HeaderField("Authent", "forged"))
+    assert len(session.tx.seen) == milter_session.MAX_HEADER_NAMES
+    assert session.tx.forged == [] and session.counts[("forged_headers_kept", "milter")] == 1

@@ -91,3 +91,35 @@ def test_any_bytes_give_events_or_a_protocol_error(data, cuts):
         except ProtocolError:
             return "refused"
     assert outcome(split(data, cuts)) == outcome([data])
+
+
+# -- nesting (issue 14) -------------------------------------------------------------------------
+from checkid.protocols.msgpack_rpc.codec import MAX_DEPTH, MessageTooDeep  # noqa: E402
+
+
+def nested(depth, leaf=None):
+    obj = leaf
+    for _ in range(depth):
+        obj = [obj]
+    return obj
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH, 1000, 1023])
+def test_deep_nesting_is_refused_with_its_msgid_and_without_recursion(depth):
+    with pytest.raises(MessageTooDeep) as err:
+        events([msgpack.packb([0, 11, "checkID", nested(depth)])])  # params one level more: past the bound
+    assert err.value.msgid == 11 and err.value.limit == "nesting"
+
+
+def test_deep_nesting_in_a_map_or_outside_a_request_has_no_msgid():
+    with pytest.raises(MessageTooDeep) as err:
+        events([msgpack.packb({"a": nested(1000)})])
+    assert err.value.msgid is None
+    with pytest.raises(MessageTooDeep):
+        events([msgpack.packb([2, "ping", [{"x": nested(MAX_DEPTH)}]])])
+
+
+def test_the_deepest_valid_call_is_accepted():
+    call = [0, 3, "checkID", [{"IP": "192.0.2.1", "Hdrs": [["From", "a@example.com"]]}]]
+    assert events([msgpack.packb(call)]) == [Request(3, "checkID", call[3])]
+    assert events([msgpack.packb([0, 4, "x", nested(MAX_DEPTH - 1)])])[0].msgid == 4  # exactly at the bound
