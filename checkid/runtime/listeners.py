@@ -7,24 +7,45 @@ is refused. A unix-socket listener is one socket shared by all workers (the kern
 balance AF_UNIX across reuseport sockets). Its file is removed on exit when the master may
 (after a privilege drop it often may not: the directory is root's); otherwise it stays, and
 the next start replaces it.
+
+A worker accepts with an :class:`Acceptor`, not the event loop's own server: at the
+descriptor limit libuv (under uvloop) accepts each waiting connection and closes it at once,
+with nothing logged or counted. The acceptor instead stops accepting for a moment when
+``accept()`` fails for want of descriptors or memory, logs it (rate-limited) and counts it
+(``accept_errors`` by error): the connections wait in the kernel's queue until descriptors
+are free again, and are served then.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
 import pwd
 import socket
 import stat
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from checkid.config import ListenConfig, parse_listen
 from checkid.errors import ConfigError
+from checkid.runtime.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
+#: connections taken per wake-up of a listening socket (asyncio's own batch is its backlog,
+#: 100): a flood of connects cannot keep the loop in accept() away from its connections
+ACCEPT_BATCH = 100
+#: accepting pauses this long when accept() fails for want of resources; a second is
+#: asyncio's own pause, and the kernel keeps the waiting connections meanwhile
+ACCEPT_RETRY_SECONDS = 1.0
+#: accept() errors that mean "no descriptor or memory now", not a broken listener
+RESOURCE_ERRORS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS",
+                   errno.ENOMEM: "ENOMEM"}
 
 
 @dataclass
@@ -95,3 +116,98 @@ def _unix(path: str, config: ListenConfig) -> socket.socket:
             raise OSError(f"unknown user or group {e}") from None
         raise
     return sock
+
+
+class Acceptor:
+    """Accepts connections on one listening socket for one worker's event loop.
+
+    Each connection goes to ``factory``'s protocol through ``loop.connect_accepted_socket``.
+    When accept() fails with a resource error, accepting pauses for ``retry`` seconds (the
+    connections stay queued in the kernel), logged at most once per throttle interval and
+    counted as ``("accept_errors", "EMFILE")`` (and so on) in ``counts``. :meth:`close` stops
+    accepting and leaves the socket open: the master keeps it and its queue.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 factory: Callable[[], asyncio.BaseProtocol], counts: Counter[tuple[str, ...]],
+                 retry: float = ACCEPT_RETRY_SECONDS) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.factory = factory
+        self.counts = counts
+        self.retry = retry
+        self.closed = False
+        self._reading = False
+        self._resume: asyncio.TimerHandle | None = None
+        self._throttle = LogThrottle()
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def start(self) -> None:
+        """Start (or resume) accepting."""
+        self._resume = None
+        if not self.closed and not self._reading:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self._reading = True
+
+    def close(self) -> None:
+        """Stop accepting; the listening socket stays open."""
+        self.closed = True
+        self._pause()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+
+    def _pause(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as e:
+                name = RESOURCE_ERRORS.get(e.errno or 0)
+                if name is None:
+                    raise
+                self._out_of_resources(name, e)
+                return
+            conn.setblocking(False)
+            task: asyncio.Task[object] = self.loop.create_task(self._hand_over(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _out_of_resources(self, name: str, error: OSError, pause: bool = True) -> None:
+        """Count and log (rate-limited) a failed accept; pause accepting for ``retry`` s."""
+        self.counts[("accept_errors", name)] += 1
+        suppressed = self._throttle.ready(self.loop.time())
+        if suppressed is not None:
+            log.error("accept on %s: %s; %s%s", _sockname(self.sock), error.strerror or error,
+                      f"not accepting for {self.retry:g} s, the connections wait in the queue" if pause
+                      else "connection closed",
+                      f" ({suppressed} more since the last such line)" if suppressed else "")
+        if pause and not self.closed:
+            self._pause()
+            if self._resume is None:
+                self._resume = self.loop.call_later(self.retry, self.start)
+
+    async def _hand_over(self, conn: socket.socket) -> object:
+        try:
+            return await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError as e:
+            conn.close()
+            name = RESOURCE_ERRORS.get(e.errno or 0)
+            self._out_of_resources(name or "other", e, pause=name is not None)
+            return None
+
+
+def _sockname(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "?"
+    return name if isinstance(name, str) else f"{name[0]}:{name[1]}"

@@ -63,6 +63,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                         "(also counted in protocol_errors), by front-end and bound", ("frontend", "limit")),
     "codec_exceptions": ("Unexpected exceptions a front-end's codec raised on a peer's input; the connection was "
                          "closed as a protocol error (also counted in protocol_errors)", ("frontend",)),
+    "dns_unreachable": ("DNS queries whose nameserver host or port was unreachable (ICMP), failed over at once", ()),
+    "accept_errors": ("Accepts that failed for want of descriptors or memory, by error (EMFILE, ENFILE, ENOBUFS, "
+                      "ENOMEM, other); accepting pauses and the connections wait in the kernel's queue", ("error",)),
+    "metrics_connections_closed": ("Metrics endpoint connections closed by checkid, by reason (cap: the oldest, to "
+                                   "admit a new one; timeout; too_large)", ("reason",)),
 }
 
 #: 50 µs to 10 s

@@ -3,6 +3,13 @@
 It is a child of the master, not the master itself: the master forks workers for the
 daemon's whole life and must hold no loop or thread at those forks (reference/runtime.md §0).
 Like every process of the daemon it reopens its log file on SIGUSR1.
+
+A scraper connects, sends one request and reads the answer, so every connection has a
+deadline (``REQUEST_SECONDS`` from its accept) and there are at most ``MAX_CONNECTIONS``
+at once. At the cap the oldest connection is closed to make room: clients that connect and
+say nothing cannot hold the endpoint, and a fresh ``/healthz`` is answered even during such a
+flood. Each closing is counted (``metrics_connections_closed`` by reason) and logged, at most
+one line per kind every few seconds (:mod:`checkid.runtime.throttle`).
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable
 
 import uvloop
@@ -18,27 +26,94 @@ from checkid.config import parse_listen
 from checkid.exitcodes import ExitCode
 from checkid.runtime import metrics
 from checkid.runtime.logs import reopen_logs
+from checkid.runtime.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
+#: a GET with its headers; scrapers send a few hundred bytes
 MAX_REQUEST = 8192
+#: from accept to the answer written and read: a scrape of the merged metrics takes
+#: milliseconds, and Prometheus's own scrape timeout defaults to 10 s
+REQUEST_SECONDS = 10.0
+#: connections open at once: a few scrapers and health checks need a handful; far below a
+#: 1024 descriptor limit, so that the process always has descriptors left to accept with
+MAX_CONNECTIONS = 64
+
+
+class Connections:
+    """The endpoint's open connections (oldest first), the cap and the counts."""
+
+    def __init__(self, healthy: Callable[[], bool], counts: Counter[tuple[str, ...]] | None = None,
+                 timeout: float = REQUEST_SECONDS, cap: int = MAX_CONNECTIONS) -> None:
+        """:param healthy: what ``/healthz`` reports
+        :param counts: ``("metrics_connections_closed", reason)`` counters, bumped here
+        :param timeout: seconds a connection may stay open
+        :param cap: connections open at once"""
+        self.healthy = healthy
+        self.counts: Counter[tuple[str, ...]] = counts if counts is not None else Counter()
+        self.timeout = timeout
+        self.cap = cap
+        #: a dict for its order: the first key is the oldest connection
+        self.open: dict[HttpProtocol, None] = {}
+        self._throttles = {reason: LogThrottle() for reason in ("cap", "timeout", "too_large")}
+
+    def closing(self, reason: str, now: float, message: str) -> None:
+        """Count one connection closed for ``reason`` and log it, rate-limited."""
+        self.counts[("metrics_connections_closed", reason)] += 1
+        suppressed = self._throttles[reason].ready(now)
+        if suppressed is not None:
+            log.warning("metrics endpoint: %s%s", message,
+                        f" ({suppressed} more since the last such line)" if suppressed else "")
+
+    def protocol(self) -> HttpProtocol:
+        return HttpProtocol(self)
 
 
 class HttpProtocol(asyncio.Protocol):
     """Enough HTTP/1.x for a scraper: one GET per connection, then close."""
 
-    def __init__(self, healthy: Callable[[], bool]) -> None:
-        self.healthy = healthy
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        self.healthy = connections.healthy
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        conns = self.connections
+        loop = asyncio.get_running_loop()
+        if len(conns.open) >= conns.cap:
+            oldest = next(iter(conns.open))
+            conns.closing("cap", loop.time(), f"{len(conns.open)} connections open (the cap); closing the oldest")
+            oldest.abort()
+        conns.open[self] = None
+        self.timer = loop.call_later(conns.timeout, self._timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.open.pop(self, None)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent, and stop counting this connection as open."""
+        self.connections.open.pop(self, None)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.connections.closing("timeout", asyncio.get_running_loop().time(),
+                                 f"a connection still open after {self.connections.timeout:g} s; closing it")
+        self.abort()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
             if len(self.buffer) > MAX_REQUEST:
+                self.connections.closing("too_large", asyncio.get_running_loop().time(),
+                                         f"a request longer than {MAX_REQUEST} bytes; answering 431")
                 self._reply(431, b"request too large\n")
             return
         parts = self.buffer.split(b"\n", 1)[0].split()
@@ -69,6 +144,12 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
 
+async def start(host: str, port: int, connections: Connections) -> asyncio.Server:
+    """Listen on ``host``:``port`` for scrapes, served under ``connections``' limits."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(connections.protocol, host, port, reuse_address=True)
+
+
 async def serve(address: str, master_pid: int) -> int:
     _, host, port = parse_listen(address)
     loop = asyncio.get_running_loop()
@@ -76,8 +157,9 @@ async def serve(address: str, master_pid: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
-    server = await loop.create_server(lambda: HttpProtocol(lambda: os.getppid() == master_pid), host, port,
-                                      reuse_address=True)
+    exporter = metrics.Exporter()
+    connections = Connections(lambda: os.getppid() == master_pid)
+    server = await start(host, port, connections)
     log.info("metrics on http://%s/metrics", address)
     while not stop.is_set():
         if os.getppid() != master_pid:
@@ -86,6 +168,7 @@ async def serve(address: str, master_pid: int) -> int:
             await asyncio.wait_for(stop.wait(), 1.0)
         except TimeoutError:
             pass
+        exporter.sync(connections.counts)
     server.close()
     return ExitCode.OK
 

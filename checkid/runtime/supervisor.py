@@ -196,7 +196,7 @@ class Master:
         status = ExitCode.OK
         while True:
             try:
-                signum: int | None = self.signals.get(timeout=PASS_SECONDS)
+                signum: int | None = self.signals.get(timeout=self.next_pass_in(time.monotonic()))
             except queue.Empty:
                 signum = None
             if signum in (signal.SIGTERM, signal.SIGINT):
@@ -398,6 +398,14 @@ class Master:
                           proc.pid, proc.slot, now - last)
                 proc.aborted = now
                 self._signal(proc.pid, signal.SIGABRT)
+
+    def next_pass_in(self, now: float) -> float:
+        """Seconds the loop may wait for a signal before its next pass: ``PASS_SECONDS``, or
+        less when an empty slot's respawn is due sooner, so that a worker logged as
+        "restarting in 0.1 s" starts then, not at the next regular pass."""
+        current = {p.slot for p in self.workers.values() if p.generation == self.generation}
+        due = [slot.not_before - now for n, slot in enumerate(self.slots) if n not in current]
+        return max(0.0, min([PASS_SECONDS, *due]))
 
     def maintain_worker_count(self) -> None:
         now = time.monotonic()

@@ -34,6 +34,7 @@ from checkid.errors import PolicyError
 from checkid.exitcodes import ExitCode
 from checkid.protocols.base import ServerState
 from checkid.runtime.control import FlushFollower, WorkerStatus, encode_status
+from checkid.runtime.listeners import Acceptor
 from checkid.runtime.logs import enable_faulthandler, reopen_logs
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,13 @@ class Worker:
             return ExitCode.CANNOT_START
         self.state = state = ServerState(stats=self._stats)
         loop = asyncio.get_running_loop()
-        servers = []
+        # our own accept loop, not loop.create_server: at the descriptor limit libuv accepts
+        # and closes queued connections unseen; the Acceptor pauses, logs and counts instead
+        acceptors = []
         for listen, sock in spec.sockets:
-            factory = protocol_factory(engine, state, config, listen)
-            if sock.family == socket.AF_UNIX:
-                servers.append(await loop.create_unix_server(factory, sock=sock))
-            else:
-                servers.append(await loop.create_server(factory, sock=sock))
+            acceptor = Acceptor(loop, sock, protocol_factory(engine, state, config, listen), state.counts)
+            acceptor.start()
+            acceptors.append(acceptor)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
@@ -130,8 +131,8 @@ class Worker:
         log.info("worker %d serving (pid %d)", spec.slot, os.getpid())
         await self.stop.wait()
 
-        for server in servers:
-            server.close()  # stop accepting; the master keeps the sockets and their queues
+        for acceptor in acceptors:
+            acceptor.close()  # stop accepting; the master keeps the sockets and their queues
         await state.shutdown(config.server.grace)
         ticker.cancel()
         self._sync()

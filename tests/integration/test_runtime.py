@@ -557,3 +557,21 @@ def test_sigterm_aborts_a_worker_hung_past_the_grace_with_its_traceback_then_exi
         assert "did not finish in time; aborting it" in log
         assert "Fatal Python error: Aborted" in log
         assert re.search(rf'File "{re.escape(str(policy))}", line \d+ in decide', log)
+
+
+def test_the_master_wakes_when_a_respawn_is_due_not_at_its_next_pass():
+    """A respawn logged as "restarting in 0.1 s" happens then: the loop's wait for a signal
+    ends at the slot's time, not after a whole pass interval (in-process, no daemon)."""
+    import dataclasses
+
+    from checkid.config import Config
+    from checkid.runtime import supervisor
+
+    master = supervisor.Master(Config(server=dataclasses.replace(Config().server, workers=2)))
+    now = 1000.0
+    master.slots[0].not_before = now + 0.1  # slot 0 empty: its worker crashed, back-off 0.1 s
+    master.slots[1].not_before = now + 5.0
+    assert master.next_pass_in(now) == pytest.approx(0.1)
+    assert master.next_pass_in(now + 0.3) == 0.0  # overdue: no wait at all
+    master.slots[0].not_before = master.slots[1].not_before = now + 5.0
+    assert master.next_pass_in(now) == supervisor.PASS_SECONDS

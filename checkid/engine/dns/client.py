@@ -5,6 +5,12 @@ apart from "error" (TIMEOUT, SERVFAIL): SPF and the registry must tell them apar
 loop is "empty" (NODATA): it is a permanent misconfiguration, not a failure to retry. Positive
 and negative answers are cached (negative TTL from the SOA, RFC 2308 §5); errors never are.
 Concurrent identical lookups share one query.
+
+UDP queries go out on connected sockets (:class:`ConnectedUdpBackend`): the kernel then
+reports an ICMP port or host unreachable as an error on the socket, so a nameserver whose
+port is closed fails at once (dnspython drops it from the query's list and asks the next, or
+the answer is SERVFAIL when none is left) instead of costing the whole timeout like a
+silent one. A connected socket also takes datagrams only from the server it asked.
 """
 from __future__ import annotations
 
@@ -12,12 +18,14 @@ import asyncio
 import contextvars
 import enum
 import functools
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
 import dns.message
@@ -105,6 +113,7 @@ class DnsClient:
         #: called with (type, seconds) for every query sent
         self.observe = observe
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self._backend = ConnectedUdpBackend(self.counts)
         self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
 
     async def resolve(self, name: str, rdtype: str, trace: Trace | None = None,
@@ -189,7 +198,8 @@ class DnsClient:
             return DnsAnswer(Outcome.NXDOMAIN)
         try:
             result = await self.resolver.resolve(
-                qname, rdtype, raise_on_no_answer=False, lifetime=cfg.timeout, search=False
+                qname, rdtype, raise_on_no_answer=False, lifetime=cfg.timeout, search=False,
+                backend=self._backend,
             )
         except dns.resolver.NXDOMAIN as e:
             return DnsAnswer(Outcome.NXDOMAIN, (), self._negative_ttl(e.response(qname)))
@@ -230,6 +240,83 @@ class DnsClient:
         if self._resolver is None:
             self._resolver = make_resolver(self.config)
         return self._resolver
+
+
+class ConnectedUdpBackend(dns.asyncbackend.Backend):
+    """dnspython's asyncio backend, with each UDP query on a connected socket.
+
+    dnspython's own asyncio backend sends from an unconnected socket, and Linux reports no
+    ICMP error to one: a closed port then looks like a silent server and costs the try's
+    whole timeout. On a connected socket the unreachable arrives as ``ConnectionRefusedError``
+    (or another ``OSError``) from the receive; dnspython takes that server out of the query's
+    list at once. Each such error is counted as ``("dns_unreachable",)``.
+    """
+
+    def __init__(self, counts: Counter[tuple[str, ...]]) -> None:
+        self._inner = dns.asyncbackend.get_backend("asyncio")
+        self.counts = counts
+
+    def name(self) -> str:
+        return self._inner.name()
+
+    def datagram_connection_required(self) -> bool:
+        return True
+
+    async def make_socket(self, af: int, socktype: int, proto: int = 0, source: Any = None,
+                          destination: Any = None, timeout: float | None = None, ssl_context: Any = None,
+                          server_hostname: str | None = None) -> Any:
+        sock = await self._inner.make_socket(af, socktype, proto, source, destination, timeout,
+                                             ssl_context, server_hostname)
+        return _CountedDatagram(sock, self.counts) if socktype == socket.SOCK_DGRAM else sock
+
+    async def sleep(self, interval: float) -> None:
+        await self._inner.sleep(interval)
+
+    def get_transport_class(self) -> Any:
+        return self._inner.get_transport_class()
+
+    async def wait_for(self, awaitable: Any, timeout: float) -> Any:
+        return await self._inner.wait_for(awaitable, timeout)
+
+
+class _CountedDatagram(dns.asyncbackend.DatagramSocket):
+    """A datagram socket that counts the errors the kernel reports on it (ICMP unreachable)."""
+
+    def __init__(self, inner: Any, counts: Counter[tuple[str, ...]]) -> None:
+        super().__init__(inner.family, inner.type)
+        self._inner = inner
+        self.counts = counts
+
+    async def sendto(self, what: bytes, destination: Any, timeout: float | None) -> int:
+        try:
+            sent: int = await self._inner.sendto(what, destination, timeout)
+        except OSError as e:
+            self._count(e)
+            raise
+        return sent
+
+    async def recvfrom(self, size: int, timeout: float | None) -> Any:
+        try:
+            return await self._inner.recvfrom(size, timeout)
+        except OSError as e:
+            self._count(e)
+            raise
+
+    def _count(self, error: OSError) -> None:
+        if not isinstance(error, TimeoutError):  # a silent server is a timeout, not unreachable
+            self.counts[("dns_unreachable",)] += 1
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def getpeername(self) -> Any:
+        return await self._inner.getpeername()
+
+    async def getsockname(self) -> Any:
+        return await self._inner.getsockname()
+
+    async def getpeercert(self, timeout: float | None) -> Any:
+        return await self._inner.getpeercert(timeout)
 
 
 def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:

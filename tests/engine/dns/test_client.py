@@ -140,3 +140,30 @@ def test_cname_loop_is_nodata_and_cached(dns, clock):
     assert answer.ttl > 0
     assert run(c.resolve("cname-loop1.example", "A")) == answer
     assert dns.count("cname-loop1.example", "A") == 1
+
+
+def closed_udp_port() -> str:
+    """``127.0.0.1:<port>`` where nothing listens: a query there draws an ICMP port unreachable."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_closed_dns_port_is_an_error_at_once_not_a_timeout(clock):
+    # timeout 4 s: a silent server would end TIMEOUT; the refused port ends SERVFAIL, counted
+    c = DnsClient(DnsConfig(nameservers=(closed_udp_port(),), timeout=4.0), MemoryCache(1000), clock)
+    answer = run(c.resolve("example.com", "TXT"))
+    assert answer.outcome is Outcome.SERVFAIL and answer.ttl == 0
+    assert c.counts[("dns_unreachable",)] == 1
+    assert c.counts[("dns_queries", "TXT", "servfail")] == 1
+
+
+def test_a_closed_dns_port_fails_over_to_the_next_nameserver(dns, clock):
+    config = DnsConfig(nameservers=(closed_udp_port(), dns.address), timeout=4.0)
+    c = DnsClient(config, MemoryCache(1000), clock)
+    answer = run(c.resolve("example.com", "TXT"))
+    assert answer.outcome is Outcome.ANSWER and answer.records == ((b"v=spf1 ip4:192.0.2.0/24 -all",),)
+    # the first server was dropped on its unreachable, not after a try's timeout
+    assert c.counts[("dns_unreachable",)] == 1 and dns.count("example.com", "TXT") == 1
