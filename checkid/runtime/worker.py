@@ -157,7 +157,6 @@ class Worker:
             now = time.monotonic()
             self._follow_flushes()
             self._report()
-            os.utime(spec.heartbeat_fd, (now, now))
             if os.getppid() != spec.master_pid:
                 log.error("worker %d: the master is gone; stopping", spec.slot)
                 self.stop.set()
@@ -171,9 +170,14 @@ class Worker:
             await asyncio.sleep(interval)
 
     def _report(self) -> None:
-        """Write this worker's status into its heartbeat file, for the master to read."""
+        """Write this worker's status into its heartbeat file, for the master to read, and beat:
+        the file's mtime is the monotonic time of the last beat. The write sets the mtime to
+        wall-clock time, which the master (comparing with its monotonic clock) would read as a
+        beat in the far future: a worker stopped right after it would never be found silent."""
         status = WorkerStatus(self.serving, self.flushes.applied if self.flushes else 0, len(self.memory))
         os.pwrite(self.spec.heartbeat_fd, encode_status(status), 0)
+        now = time.monotonic()
+        os.utime(self.spec.heartbeat_fd, (now, now))
 
     def _follow_flushes(self) -> None:
         if self.flushes is None:

@@ -19,3 +19,25 @@ def test_worker_boot_survives_a_log_rotation_and_a_reload_signal():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (0, "alive")
+
+
+def test_a_status_report_is_a_heartbeat_on_the_masters_clock(tmp_path):
+    """The master compares the heartbeat file's mtime with its monotonic clock. Writing the
+    status sets the mtime to wall-clock time: a worker stopped right after such a write (its
+    "serving" report, before the first tick) was never found silent."""
+    import os
+    import time
+
+    from checkid.config import Config
+    from checkid.engine.dns.cache import MemoryCache
+    from checkid.runtime.worker import Worker, WorkerSpec
+
+    fd = os.open(tmp_path / "heartbeat", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        worker = Worker(WorkerSpec(0, Config(), [], fd, os.getpid(), str(tmp_path / "cache")))
+        worker.memory = MemoryCache(10)
+        worker._report()
+        beat = os.fstat(fd).st_mtime
+        assert abs(beat - time.monotonic()) < 60  # the master's clock, not the wall clock
+    finally:
+        os.close(fd)
