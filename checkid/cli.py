@@ -257,28 +257,19 @@ def _check_files(config: Config) -> list[str]:
 
 
 def _check_user(config: Config) -> list[str]:
-    server, errors = config.server, []
-    if server.user:
-        try:
-            pwd.getpwnam(server.user)
-        except KeyError:
-            errors.append(f"server.user: no such user {server.user!r}")
-    if server.group:
-        try:
-            grp.getgrnam(server.group)
-        except KeyError:
-            errors.append(f"server.group: no such group {server.group!r}")
+    """Every user and group the configuration names exists."""
+    named = [("server.user", config.server.user, pwd.getpwnam, "user"),
+             ("server.group", config.server.group, grp.getgrnam, "group")]
     for i, listen in enumerate(config.listen):
-        if listen.owner:
+        named += [(f"listen[{i}].owner", listen.owner, pwd.getpwnam, "user"),
+                  (f"listen[{i}].group", listen.group, grp.getgrnam, "group")]
+    errors = []
+    for key, name, lookup, what in named:
+        if name:
             try:
-                pwd.getpwnam(listen.owner)
+                lookup(name)
             except KeyError:
-                errors.append(f"listen[{i}].owner: no such user {listen.owner!r}")
-        if listen.group:
-            try:
-                grp.getgrnam(listen.group)
-            except KeyError:
-                errors.append(f"listen[{i}].group: no such group {listen.group!r}")
+                errors.append(f"{key}: no such {what} {name!r}")
     return errors
 
 

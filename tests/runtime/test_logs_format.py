@@ -19,17 +19,7 @@ from checkid.runtime import logs
 RECV_SECONDS = 10.0
 
 
-@pytest.fixture(autouse=True)
-def root_logger() -> Iterator[None]:
-    """setup_logging replaces the root logger's handlers: put the test runner's back."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    root.handlers[:], level = saved
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logger")
 
 
 class Syslogd:

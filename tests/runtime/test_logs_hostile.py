@@ -20,17 +20,7 @@ FORGED = "evil.example\n2026-01-01 00:00:00,000 checkid[1]: INFO checkid.decisio
 UNDECODABLE = b"caf\xe9 \xff\xfe".decode("utf-8", "surrogateescape") + "\x1b[2J\u2028\x85end"
 
 
-@pytest.fixture(autouse=True)
-def root_logger() -> Iterator[None]:
-    """setup_logging replaces the root logger's handlers: put the test runner's back."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    root.handlers[:], level = saved
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logger")
 
 
 #: a destination set up, and a reader of the lines it has (for syslog: one line per datagram)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +19,21 @@ STRANGER = 54321
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """A private directory (under /tmp: sticky, world-writable, accepted) with a policy file."""
-    directory = tmp_path / "etc"
-    directory.mkdir(mode=0o755)
-    os.chmod(directory, 0o755)
-    for parent in (tmp_path, *tmp_path.parents):
-        if parent.stat().st_mode & 0o022 and not parent.stat().st_mode & 0o1000:
-            pytest.skip(f"{parent} is writable by others: no private place to test in")
-    policy = directory / "policy.py"
-    policy.write_text("def decide(ctx):\n    return ctx.accept()\n")
-    os.chmod(policy, 0o644)
-    return policy
+def site() -> Iterator[Path]:
+    """A private directory with a policy file, made directly under /tmp (sticky, so accepted
+    though world-writable): pytest's own base directory may sit under directories others
+    can write."""
+    base = Path(tempfile.mkdtemp(prefix="checkid-perms-", dir="/tmp"))
+    try:
+        directory = base / "etc"
+        directory.mkdir(mode=0o755)
+        os.chmod(directory, 0o755)
+        policy = directory / "policy.py"
+        policy.write_text("def decide(ctx):\n    return ctx.accept()\n")
+        os.chmod(policy, 0o644)
+        yield policy
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_check_private_accepts_a_file_only_its_owner_can_change(site: Path) -> None:
@@ -72,8 +78,8 @@ def test_check_private_accepts_root_and_the_run_user_as_owners(site: Path) -> No
         check_private(site, STRANGER)  # owned by the run user
 
 
-def test_check_private_follows_a_link_to_the_file_it_names(site: Path, tmp_path: Path) -> None:
-    loose = tmp_path / "loose"
+def test_check_private_follows_a_link_to_the_file_it_names(site: Path) -> None:
+    loose = site.parent.parent / "loose"
     loose.mkdir()
     os.chmod(loose, 0o777)
     target = loose / "real.py"
@@ -84,9 +90,9 @@ def test_check_private_follows_a_link_to_the_file_it_names(site: Path, tmp_path:
         check_private(link, RUN_UID)
 
 
-def test_check_private_checks_the_directory_holding_a_link(site: Path, tmp_path: Path) -> None:
+def test_check_private_checks_the_directory_holding_a_link(site: Path) -> None:
     """Whoever writes the link's directory can point it elsewhere."""
-    loose = tmp_path / "loose"
+    loose = site.parent.parent / "loose"
     loose.mkdir()
     os.chmod(loose, 0o777)
     link = loose / "policy.py"

@@ -1,0 +1,20 @@
+"""Fixtures of the runtime tests."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture
+def root_logger() -> Iterator[None]:
+    """setup_logging replaces the root logger's handlers: put the test runner's back."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:], level = saved
+    root.setLevel(level)
