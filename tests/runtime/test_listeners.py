@@ -62,13 +62,15 @@ def test_acceptor_pauses_at_the_descriptor_limit_and_serves_the_queue_later(capl
 
     async def scenario() -> None:
         acceptor = listeners.Acceptor(asyncio.get_running_loop(), lsock, Greeter, counts, retry=0.01)
-        # use up every descriptor number but two
+        # use up every descriptor number but two: fill every hole up to the highest open
+        # descriptor (listing /proc/self/fd opens one more, so the highest is not known exactly
+        # and the filling goes one past it), then allow exactly two numbers above
         top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         fillers = []
         while (fd := os.open(os.devnull, os.O_RDONLY)) < top:
             fillers.append(fd)
-        os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 3, hard))
+        fillers.append(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(fillers) + 3, hard))
         try:
             acceptor.start()
             await poll(lambda: counts[("accept_errors", "EMFILE")] >= 1, "accept to hit the limit")
