@@ -68,6 +68,13 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                       "ENOMEM, other); accepting pauses and the connections wait in the kernel's queue", ("error",)),
     "metrics_connections_closed": ("Metrics endpoint connections closed by checkid, by reason (cap: the oldest, to "
                                    "admit a new one; timeout; too_large)", ("reason",)),
+    "connections_refused": ("Connections refused at accept, by front-end and reason (max_connections: the "
+                            "worker's cap for that listener; budget: the worker's bytes of unfinished requests)",
+                            ("frontend", "reason")),
+    "request_timeouts": ("Connections closed because one request took longer than [server] request_timeout "
+                         "from its first byte to its last", ("frontend",)),
+    "degraded": ("Faults survived by running with less, by what (cache_open, cache_write, metrics_dir)",
+                 ("what",)),
 }
 
 #: 50 µs to 10 s
