@@ -215,6 +215,7 @@ def _check_config(args: argparse.Namespace) -> int:
     config = config_mod.load(path, errors) if path else Config()
     errors += _check_files(config)
     errors += _check_user(config)
+    errors += _check_private(config, path, errors)
     policy = config.policy.path or None
     if not any(e.startswith(("prescreen.", "blacklist.", "reputation.", "policy.")) for e in errors):
         try:  # loads the policy, the block lists and the thresholds file as a worker would
@@ -271,6 +272,19 @@ def _check_user(config: Config) -> list[str]:
             except KeyError:
                 errors.append(f"{key}: no such {what} {name!r}")
     return errors
+
+
+def _check_private(config: Config, path: str | None, errors: list[str]) -> list[str]:
+    """As root, what ``serve`` would refuse at start: a configuration or policy file that
+    anyone but root or the run user can change, or one the run user cannot read."""
+    from checkid.runtime import perms
+
+    if os.geteuid() != 0 or any(e.startswith(("server.user", "server.group")) for e in errors):
+        return []
+    named = [("configuration", path)] if path else []
+    if config.policy.path and not any(e.startswith("policy.path") for e in errors):
+        named.append(("policy.path", config.policy.path))
+    return perms.check_daemon_files(named, *perms.run_ids(config.server.user, config.server.group))
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -58,3 +58,35 @@ def test_check_config_passes_a_good_file(tmp_path):
     conf.write_text('[registry]\nzone = "registry.test"\n')
     out = run("check-config", "-c", str(conf))
     assert out.returncode == 0 and "configuration OK" in out.stdout
+
+
+def test_check_config_reports_files_the_run_user_could_not_reload_or_others_could_change():
+    """As root (CI): what ``serve`` would refuse at start, StrictModes and the run user's reads."""
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    assert os.geteuid() == 0, "run as root, as CI does"
+    uid = pwd.getpwnam("nobody").pw_uid
+    site = Path(tempfile.mkdtemp(prefix="checkid-check-config-", dir="/tmp"))
+    try:
+        os.chmod(site, 0o755)
+        loose = site / "loose"
+        loose.mkdir()
+        os.chmod(loose, 0o777)
+        policy = loose / "policy.py"
+        policy.write_text("async def decide(ctx):\n    return ctx.accept()\n")
+        conf = site / "checkid.toml"
+        conf.write_text(f'[server]\nuser = "nobody"\n[policy]\npath = "{policy}"\n')
+        os.chmod(conf, 0o600)
+        out = run("check-config", "-c", str(conf))
+        assert out.returncode == 3, out
+        assert f"configuration: {conf}: uid {uid} gid" in out.stderr and "cannot read it" in out.stderr
+        assert f"policy.path: {policy}" in out.stderr and f"{loose} is writable by everyone" in out.stderr
+        os.chmod(conf, 0o644)
+        os.chmod(loose, 0o755)
+        out = run("check-config", "-c", str(conf))
+        assert out.returncode == 0, out
+    finally:
+        shutil.rmtree(site, ignore_errors=True)

@@ -8,7 +8,7 @@ blacklist, reputation, dkim, policy, headers), :mod:`.frontends` (listen, postfi
 from __future__ import annotations
 
 from checkid.config.addresses import parse_hostport, parse_listen
-from checkid.config.convert import from_dict, load
+from checkid.config.convert import from_dict, load, read
 from checkid.config.engine import (ZEN_CODES, BlacklistConfig, DkimConfig, DnsConfig, DnsList, HeadersConfig, IdentityConfig,
                                    PolicyConfig, PrescreenConfig, RatingService, RegistryConfig, ReputationConfig)
 from checkid.config.frontends import DEFAULT_LISTEN, ListenConfig, MilterConfig, PostfixPolicyConfig, SmtpConfig
@@ -16,7 +16,7 @@ from checkid.config.runtime import CacheConfig, MetricsConfig, ServerConfig
 from checkid.config.schema import Config
 
 __all__ = [
-    "Config", "load", "from_dict", "parse_listen", "parse_hostport",
+    "Config", "load", "read", "from_dict", "parse_listen", "parse_hostport",
     "DnsConfig", "DnsList", "ZEN_CODES", "PrescreenConfig", "BlacklistConfig", "RegistryConfig", "IdentityConfig",
     "RatingService", "ReputationConfig", "DkimConfig", "PolicyConfig", "HeadersConfig",
     "ListenConfig", "DEFAULT_LISTEN", "PostfixPolicyConfig", "MilterConfig", "SmtpConfig",

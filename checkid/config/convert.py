@@ -30,15 +30,25 @@ def load(path: str | Path, errors: list[str] | None = None) -> Config:
     :raises ConfigError: unreadable file, TOML syntax, unknown key, wrong type or value
     """
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        message = f"{path}: {e.strerror if isinstance(e, OSError) else e}"
+        data = read(path)
+    except ConfigError as e:
         if errors is None:
-            raise ConfigError(message) from None
-        errors.append(message)
+            raise
+        errors.append(str(e))
         return Config()
     return from_dict(data, source=str(path), errors=errors)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of ``path``, not yet converted (what the file states, key by key).
+
+    :raises ConfigError: unreadable file or TOML syntax, naming the path
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e.strerror if isinstance(e, OSError) else e}") from None
 
 
 def from_dict(data: dict[str, Any], source: str = "<config>", errors: list[str] | None = None) -> Config:

@@ -6,14 +6,23 @@ write) is a way to run code as root, or to turn the checks off. :func:`check_pri
 refuses one, naming the path and its mode. It accepts an owner of root or the run user, and
 refuses a group or other write bit on the file and on every directory from its own up to
 ``/``. A world-writable directory with the sticky bit, such as ``/tmp``, is accepted on the
-way: there nobody can rename or remove an entry they do not own. Symbolic links are
-followed, and the directories that hold the path as it is written are checked too (whoever
-can write those can change where the link points).
+way when root or the run user owns it: there nobody but an entry's owner (and the
+directory's) can rename or remove it, and the entry below it is checked in turn, so a file
+another user planted in ``/tmp`` is refused by its owner. A sticky directory another user
+owns is refused like any directory of theirs (they may remove what is in it). Symbolic
+links are followed, and the directories that hold the path as it is written are checked
+too (whoever can write those can change where the link points).
+
+:func:`check_daemon_files` adds what a privilege drop needs: after it the master reads the
+configuration on SIGHUP and the policy file on SIGHUP and on each edit as the run user, so
+that user must be able to read both (:func:`unreadable_by`).
 """
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import stat
 
 from checkid.errors import ConfigError
@@ -77,3 +86,67 @@ def _problem(where: str, run_uid: int, is_file: bool) -> str | None:
         who = "everyone" if mode & stat.S_IWOTH else f"group {st.st_gid}"
         return f"{where} is writable by {who} (mode {mode:04o})"
     return None
+
+
+def run_ids(user: str, group: str) -> tuple[int, int]:
+    """The uid and gid the daemon runs as once it dropped its privileges (``[server] user``
+    and ``group``, the user's own group by default), or root's when no user is named.
+
+    :raises ConfigError: an unknown user or group
+    """
+    if not user:
+        return ROOT_UID, os.getegid()
+    try:
+        entry = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError as e:
+        raise ConfigError(f"server.user/group: unknown {e}") from None
+    return entry.pw_uid, gid
+
+
+def unreadable_by(path: str | os.PathLike[str], uid: int, gid: int) -> str | None:
+    """Why ``uid``:``gid`` cannot open ``path`` for reading, or None when it can. It really
+    opens the file with those ids (and no supplementary groups, as after the privilege drop),
+    so every rule the kernel applies counts: modes, each directory's search bit, ACLs.
+    Called as root (it switches its effective ids and back); as anyone else it checks as itself.
+
+    :param path: the file, as the configuration names it
+    """
+    switch = os.geteuid() == ROOT_UID and uid != ROOT_UID
+    saved = (os.getegid(), os.getgroups())
+    if switch:
+        os.setgroups([])
+        os.setegid(gid)
+        os.seteuid(uid)
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return f"{path}: uid {uid} gid {gid} cannot read it: {e.strerror or e}"
+    finally:
+        if switch:
+            os.seteuid(ROOT_UID)
+            os.setegid(saved[0])
+            os.setgroups(saved[1])
+
+
+def check_daemon_files(named: list[tuple[str, str]], uid: int, gid: int, readable: bool = True) -> list[str]:
+    """What is wrong with the files a root-started daemon reads after it dropped to ``uid``:
+    each ``(key, path)`` (the configuration file, the policy file) must be private
+    (:func:`check_private`) and, with ``readable``, readable by ``uid``:``gid`` (SIGHUP and
+    the policy edits read them after the drop). Empty when all is well.
+
+    :returns: one message per fault, each naming the key
+    """
+    faults = []
+    for key, path in named:
+        try:
+            check_private(path, uid)
+        except ConfigError as e:
+            faults.append(f"{key}: {e}")
+            continue
+        problem = unreadable_by(path, uid, gid) if readable else None
+        if problem is not None:
+            faults.append(f"{key}: {problem}; after the privilege drop a reload could not read it: "
+                          f"give it to group {gid} with mode 0640, or to uid {uid}")
+    return faults

@@ -7,7 +7,9 @@ It holds no event loop, resolver, cache handle or thread at any fork.
 - SIGTERM/SIGINT: workers stop accepting and finish their connections' work within
   ``server.grace``; then whatever is left is killed, and the master exits 0.
 - SIGHUP: reload the configuration and the policy; a bad one is refused (logged, counted)
-  and the running one stays. A good one replaces the workers one generation at a time on
+  and the running one stays. So is a file that states nothing or leaves out a key the
+  running configuration sets and whose default would change whom checkid asks
+  (:mod:`checkid.config.reload`). A good one replaces the workers one generation at a time on
   the same sockets (listener changes need a restart).
 - SIGUSR1: reopen the log file, in the master and every child.
 
@@ -16,6 +18,11 @@ and when an edit of the file loads): a worker it starts runs that when the file 
 does not load, so a broken edit followed by a worker crash is not an outage. It logs a
 refused edit once (the workers only count it) and holds ``checkid_policy_refused`` at 1
 while the file on disk is refused.
+
+Started as root, it refuses a configuration or policy file that anyone but root or the run
+user can change (sshd's StrictModes, :mod:`checkid.runtime.perms`), at start before it
+executes the policy and on each SIGHUP, and at start one the run user (``[server] user``)
+could not read: after the privilege drop every reload would fail on it.
 
 It records itself in the state directory (:mod:`checkid.runtime.control`): a pid file and
 its state (workers, policy, the outcome of each reload), which ``checkid reload``,
@@ -41,11 +48,12 @@ from typing import IO, Any
 from checkid import __version__
 from checkid import config as config_mod
 from checkid.config import Config
+from checkid.config.reload import check_reload
 from checkid.engine import policy as policy_mod
 from checkid.engine.policy import DEFAULT_PATH
 from checkid.errors import CheckidError, ConfigError, PolicyError
 from checkid.exitcodes import ExitCode
-from checkid.runtime import control, metrics, metricsserver, notify
+from checkid.runtime import control, metrics, metricsserver, notify, perms
 from checkid.runtime import listeners as listeners_mod
 from checkid.runtime import worker as worker_mod
 from checkid.runtime.logs import reopen_logs, setup_logging
@@ -115,6 +123,10 @@ class Master:
         self.pid = os.getpid()
         self.started = time.time()
         self._published = b""
+        #: started as root: the files it reads must be private to root and the run user
+        self.strict = os.geteuid() == 0
+        #: the ids the daemon runs as after the privilege drop (root's without [server] user)
+        self.run_ids = perms.run_ids(self.config.server.user, self.config.server.group) if self.strict else (0, 0)
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +139,7 @@ class Master:
             multiprocess_mode="livemax", registry=None)
         log.info("checkid %s: configuration %s, policy %s", __version__,
                  self.config_path or "(embedded defaults)", self.policy_path)
+        self._check_files(self.config, readable=True)  # before the policy file is executed
         self._load_policy(self.config)  # refuse a bad policy before binding
         self._check_engine(self.config)
         if self.config.cache.shared:
@@ -154,6 +167,21 @@ class Master:
             raise ConfigError(f"shared cache {self.cache_path}: {e}") from None
         cache.reader_check()
         cache.close()
+
+    def _check_files(self, config: Config, readable: bool) -> None:
+        """Started as root: refuse a configuration or policy file (the embedded one aside)
+        that others can change, and, with ``readable``, one the run user cannot read.
+
+        :raises ConfigError: naming each file at fault
+        """
+        if not self.strict:
+            return
+        named = [("configuration", self.config_path)] if self.config_path else []
+        if config.policy.path:
+            named.append(("policy.path", config.policy.path))
+        faults = perms.check_daemon_files(named, *self.run_ids, readable=readable)
+        if faults:
+            raise ConfigError("; ".join(faults))
 
     def _check_engine(self, config: Config) -> None:
         """Build an engine as every worker will (block lists, recipient thresholds, policy)
@@ -294,7 +322,8 @@ class Master:
         """Reload configuration and policy; replace the workers only if both are good."""
         self._start_reload()
         try:
-            new = config_mod.load(self.config_path) if self.config_path else self.config
+            new = self._read_config() if self.config_path else self.config
+            self._check_files(new, readable=False)  # the master reads as the run user by now
             self._check_engine(new)
             self._load_policy(new)
         except (ConfigError, PolicyError) as e:
@@ -317,6 +346,15 @@ class Master:
         for proc in list(self.workers.values()):
             if proc.generation < self.generation:
                 self._signal(proc.pid, signal.SIGTERM)
+
+    def _read_config(self) -> Config:
+        """The configuration file as a reload takes it: valid, stating something, and
+        leaving out no guarded key the running one sets. :raises ConfigError:"""
+        assert self.config_path is not None
+        data = config_mod.read(self.config_path)
+        new = config_mod.from_dict(data, source=self.config_path)
+        check_reload(self.config, new, data, self.config_path)
+        return new
 
     def handle_usr1(self) -> None:
         reopen_logs()

@@ -101,3 +101,42 @@ def test_checks_accept_values_at_the_edges(data):
 def test_section_check_names_keys_under_the_path_it_is_given(section, message):
     with pytest.raises(ConfigError, match=f"^{message}"):
         section.check("resolver")
+
+
+# -- what a reload may not change by omission (checkid.config.reload) ---------------------
+
+SITE = {"dns": {"nameservers": ["192.0.2.53"]}, "registry": {"zone": "registry.site.example"},
+        "prescreen": {"allow": ["127.0.0.0/8", "192.0.2.0/24"]}}
+
+
+def reload_to(data):
+    from checkid.config.reload import check_reload
+    check_reload(config.from_dict(SITE), config.from_dict(data), data, "site.toml")
+
+
+@pytest.mark.parametrize("data", [{}, {"dns": {}, "registry": {}}])
+def test_reload_refuses_a_file_that_states_nothing(data):
+    with pytest.raises(ConfigError, match="site.toml: states no setting .* DNS to the system resolver"):
+        reload_to(data)
+
+
+def test_reload_refuses_a_file_that_drops_the_site_nameservers_zone_and_allow_list():
+    with pytest.raises(ConfigError) as refused:
+        reload_to({"dns": {"timeout": 1.5}})
+    message = str(refused.value)
+    for key in ("dns.nameservers (set to [192.0.2.53]; the default is the system resolver",
+                "registry.zone (set to 'registry.site.example'", "prescreen.allow (set to [127.0.0.0/8, 192.0.2.0/24]"):
+        assert key in message, message
+    assert "nameservers = [] for the system resolver" in message
+
+
+def test_reload_accepts_the_defaults_when_the_file_states_them():
+    reload_to({"dns": {"nameservers": []}, "registry": {"zone": "registry.open-mail.org"},
+               "prescreen": {"allow": ["127.0.0.0/8", "::1/128"]}})
+
+
+def test_reload_accepts_new_values_and_omissions_of_keys_left_at_their_default():
+    reload_to({**SITE, "policy": {"on_temperror": "filter"}})
+    reload_to({**SITE, "dns": {"nameservers": ["192.0.2.54"]}})
+    from checkid.config.reload import check_reload
+    check_reload(config.from_dict({}), config.from_dict({"dns": {"timeout": 1.0}}), {"dns": {"timeout": 1.0}}, "x")

@@ -575,3 +575,35 @@ def test_the_master_wakes_when_a_respawn_is_due_not_at_its_next_pass():
     assert master.next_pass_in(now + 0.3) == 0.0  # overdue: no wait at all
     master.slots[0].not_before = master.slots[1].not_before = now + 5.0
     assert master.next_pass_in(now) == supervisor.PASS_SECONDS
+
+
+def _checkid_command(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "checkid", *args], capture_output=True, text=True,
+                          timeout=WAIT_SECONDS * 2)
+
+
+def test_sighup_refuses_a_file_that_would_silently_revert_dns_and_the_registry(dns_server, workdir):
+    """Issue 14: an empty (or gutted) file on SIGHUP was accepted and switched DNS to the
+    system resolver and the registry to the public zone. Now refused, with the reason."""
+    with daemon(dns_server, workdir) as checkid:
+        wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
+        before = worker_pids(checkid)
+        good = checkid.config.read_text()
+        server_table = good[good.index("[server]"):good.index("[dns]")]
+        listen_table = good[good.index("[[listen]]"):good.index("[server]")]
+        checkid.config.write_text(listen_table + server_table)  # [dns] and [registry] gone
+        out = _checkid_command("reload", "-c", str(checkid.config), "--timeout", str(WAIT_SECONDS))
+        assert out.returncode == 1, out
+        assert "reload refused" in out.stderr and "dns.nameservers" in out.stderr and "registry.zone" in out.stderr
+        checkid.config.write_text("# emptied by mistake\n")
+        checkid.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "states no setting" in checkid.log.read_text(), "the empty file refused", WAIT_SECONDS)
+        assert live(before) == before and worker_pids(checkid) == before
+        # still the test DNS server and its registry zone: the site's answer, not a default's
+        assert ask(checkid.port).startswith("PREPEND Authent: 192.0.2.1 example.com SPF1 PASS")
+        # stating the key makes it deliberate
+        checkid.config.write_text(good.replace("timeout = 1.0", "timeout = 0.9"))
+        out = _checkid_command("reload", "-c", str(checkid.config), "--timeout", str(WAIT_SECONDS))
+        assert out.returncode == 0, out

@@ -87,3 +87,39 @@ def test_metricsserver_answers_within_the_limits(path, status):
 
     assert run(scenario()).split()[1] == status
     assert not conns.counts
+
+
+def test_metricsserver_renders_once_for_a_flood_of_scrapes():
+    """1,000 scrapes within a second cost one rendering of the merged metrics, not 1,000
+    (issue 14: concurrent scrapes starved the workers); a later scrape sees fresh figures."""
+    renders = []
+
+    def render() -> tuple[bytes, str]:
+        renders.append(None)
+        return f"checkid_renders {len(renders)}\n".encode(), "text/plain"
+
+    conns = Connections(lambda: True, render=render, render_seconds=1.0)
+    bodies = {conns.exposition(100.0 + i / 1000)[0] for i in range(1000)}  # 1,000 within 1 s
+    assert len(renders) == 1 and bodies == {b"checkid_renders 1\n"}
+    assert conns.exposition(101.0)[0] == b"checkid_renders 2\n"
+
+
+def test_metricsserver_serves_scrapes_from_the_cached_rendering():
+    renders = []
+
+    def render() -> tuple[bytes, str]:
+        renders.append(None)
+        return b"checkid_up 1\n", "text/plain; version=0.0.4"
+
+    conns = Connections(lambda: True, render=render, render_seconds=3600.0)
+
+    async def scenario() -> list[bytes]:
+        server = await metricsserver.start("127.0.0.1", 0, conns)
+        port = server.sockets[0].getsockname()[1]
+        answers = await asyncio.gather(*(get(port, "/metrics") for _ in range(50)))
+        server.close()
+        return answers
+
+    answers = run(scenario())
+    assert len(renders) == 1
+    assert all(a.startswith(b"HTTP/1.1 200 OK") and a.endswith(b"\r\n\r\ncheckid_up 1\n") for a in answers)
