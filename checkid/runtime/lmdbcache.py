@@ -5,7 +5,9 @@ restart. Values are encoded by the engine's codec (:mod:`checkid.engine.dns.code
 msgpack, never pickle), so this layer knows no mail type. LMDB gives each write one atomic
 transaction and robust locks, so a worker killed mid-write loses at most its own write.
 When the map is full, expired entries go first, then the oldest half, then everything: it
-is a cache, and the engine keeps serving.
+is a cache, and the engine keeps serving. When the disk is full, a write fails and is counted
+(``degraded{what="cache_write"}``); a file that is not LMDB at open (corrupt, truncated) is
+set aside and made anew (``degraded{what="cache_corrupt"}``).
 
 Open it only after fork: py-lmdb refuses to open an environment in a child whose parent
 had it open (reference/runtime.md §3).
@@ -24,6 +26,7 @@ import msgpack
 
 from checkid.engine.dns.cache import CacheStats
 from checkid.engine.dns.codec import decode_value, encode_value
+from checkid.runtime.metrics import degraded
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ FILE_MODE = 0o640
 DIR_MODE = 0o750
 #: the files LMDB keeps in the directory (``subdir=True``)
 FILES = ("data.mdb", "lock.mdb")
+#: what LMDB raises at open for a file that is not a usable LMDB environment: set aside
+CORRUPT = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PageNotFoundError)
 
 
 def encode_key(key: Hashable) -> bytes:
@@ -82,15 +87,27 @@ class LmdbCache:
                  wall: Callable[[], float] = time.time) -> None:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(path, map_size=max(1, size_mb) * 1024 * 1024, subdir=True, max_readers=MAX_READERS,
-                             writemap=True, sync=False, metasync=False, map_async=True, lock=True,
-                             mode=FILE_MODE)
+        self.map_size = max(1, size_mb) * 1024 * 1024
+        try:
+            self.env = self._open()
+        except CORRUPT as e:
+            aside = set_aside(path)
+            degraded("cache_corrupt", "shared cache %s is not a usable LMDB file (%s): set aside as %s, "
+                     "starting empty", path, e, aside)
+            self.env = self._open()
         tighten(path)
         self.mono = mono
         self.wall = wall
         self.stats = CacheStats()
         self.evictions = 0
         self.errors = 0
+
+    def _open(self) -> lmdb.Environment:
+        # no writemap: with the map written through memory, a page of a sparse file that the
+        # disk has no room for kills the process with SIGBUS; written with pwrite, a full disk
+        # is an error (ENOSPC) this layer survives
+        return lmdb.open(self.path, map_size=self.map_size, subdir=True, max_readers=MAX_READERS,
+                         writemap=False, sync=False, metasync=False, lock=True, mode=FILE_MODE)
 
     def get(self, key: Hashable, now: float) -> Any | None:
         entry = self.get_entry(key, now)
@@ -133,19 +150,19 @@ class LmdbCache:
                 return
             except lmdb.MapFullError:
                 self._evict(attempt)
-            except lmdb.Error as e:
+            except lmdb.Error as e:  # a full disk (ENOSPC), an I/O error: the memory layer serves
                 self.errors += 1
-                log.warning("shared cache write failed: %s", e)
+                degraded("cache_write", "shared cache %s: write failed: %s", self.path, e)
                 return
 
     def _evict(self, attempt: int) -> None:
         """Make room: expired entries, then the oldest half, then everything. Deleting needs
         pages too, so a step that cannot commit in a full map gives way to the next one."""
-        steps = (self.sweep, self._drop_oldest_half, self._drop_all)
+        steps: tuple[Callable[[], int], ...] = (lambda: self._sweep(None), self._drop_oldest_half, self._drop_all)
         for step in steps[attempt:]:
             try:
                 removed = step()
-            except lmdb.MapFullError:
+            except lmdb.Error:  # a full map, or a full disk: the next step, or give up the write
                 continue
             self.evictions += removed
             log.info("shared cache full: evicted %d entries", removed)
@@ -158,7 +175,16 @@ class LmdbCache:
         return removed
 
     def sweep(self, limit: int | None = None) -> int:
-        """Delete expired entries (at most ``limit``); returns how many went."""
+        """Delete expired entries (at most ``limit``); returns how many went (0 when the
+        deletion cannot commit: a full disk, counted as a failed write)."""
+        try:
+            return self._sweep(limit)
+        except lmdb.Error as e:
+            self.errors += 1
+            degraded("cache_write", "shared cache %s: sweep failed: %s", self.path, e)
+            return 0
+
+    def _sweep(self, limit: int | None) -> int:
         now, removed = self.wall(), 0
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor()
@@ -226,6 +252,19 @@ class LmdbCache:
 
     def close(self) -> None:
         self.env.close()
+
+
+def set_aside(path: str) -> str:
+    """Rename the LMDB files of ``path`` to ``<name>.corrupt-<unix time>`` (kept for a look,
+    never read again) so a fresh environment can be made; returns the data file's new name."""
+    stamp = int(time.time())
+    moved = ""
+    for name in FILES:
+        where = os.path.join(path, name)
+        if os.path.exists(where):
+            os.replace(where, f"{where}.corrupt-{stamp}")
+            moved = moved or f"{where}.corrupt-{stamp}"
+    return moved
 
 
 def _expiry(raw: bytes) -> float | None:

@@ -10,10 +10,17 @@ observed directly (the Exporter is the engine's observer).
 """
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+
+from checkid.runtime.throttle import LogThrottle
+
+log = logging.getLogger(__name__)
 
 #: counter name -> (help, label names); exported as ``checkid_<name>_total``
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -73,7 +80,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                             ("frontend", "reason")),
     "request_timeouts": ("Connections closed because one request took longer than [server] request_timeout "
                          "from its first byte to its last", ("frontend",)),
-    "degraded": ("Faults survived by running with less, by what (cache_open, cache_write, metrics_dir)",
+    "degraded": ("Faults survived by running with less, by what (cache_corrupt: a shared cache file that "
+                 "was not LMDB, set aside and made anew; cache_open: no shared cache; cache_write: a write "
+                 "to it failed; metrics_dir: the metrics directory unusable, a private one used instead)",
                  ("what",)),
 }
 
@@ -82,19 +91,78 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def prepare_dir(path: str) -> None:
+#: faults survived before this process made its :class:`Exporter` (the master checks its
+#: cache and metrics directory first), counted by it when it is made
+_pending: Counter[str] = Counter()
+#: the process's Exporter, once made: where :func:`degraded` counts
+_exporter: "Exporter | None" = None
+#: one log line per kind of degradation per interval: a full disk fails every cache write
+_throttles: dict[str, LogThrottle] = {}
+
+
+def degraded(what: str, message: str, *args: object) -> None:
+    """Count one fault survived by running with less (``degraded{what}``) and log ``message``
+    (lazy ``%s`` ``args``) as a warning, at most once per interval for each ``what``. Never
+    raises: a fault in counting must not become a fault in deciding."""
+    throttle = _throttles.setdefault(what, LogThrottle())
+    suppressed = throttle.ready(time.monotonic())
+    if suppressed is not None:
+        log.warning(message + (" (and %d more since the last line)" if suppressed else ""),
+                    *args, *((suppressed,) if suppressed else ()))
+    if _exporter is None:
+        _pending[what] += 1
+        return
+    try:
+        _exporter.counters["degraded"].labels(what).inc()
+    except (OSError, ValueError):  # the metric files themselves cannot be written
+        pass
+
+
+def prepare_dir(path: str) -> str:
     """Empty the metrics directory of the last run's files and point prometheus_client at
-    it. Only ``*.db`` metric files are removed, whatever directory is configured."""
-    directory = Path(path)
+    it. Only ``*.db`` metric files are removed, whatever directory is configured.
+
+    A directory that cannot be used (a file in its place, a read-only mount, no space) does
+    not stop the daemon: the metrics go to a private directory under the system's temporary
+    one instead, with a warning and ``degraded{what="metrics_dir"}``.
+
+    :returns: the directory the metric files go to
+    """
+    try:
+        _prepare(Path(path))
+    except OSError as e:
+        fallback = tempfile.mkdtemp(prefix="checkid-metrics-")  # 0700, ours alone
+        degraded("metrics_dir", "metrics directory %s cannot be used (%s): metrics go to %s instead",
+                 path, e.strerror or e, fallback)
+        path = fallback
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # imported now, before the master drops its privileges: it needs this module as it reaps
+    # workers, and the user it becomes may not be able to read the Python installation
+    import prometheus_client.multiprocess  # noqa: F401
+    return path
+
+
+#: a probe file :func:`_prepare` writes, so a directory that lists but cannot be written
+#: (a read-only mount; modes do not stop root) is found at start, not at the first metric
+PROBE = ".checkid-probe"
+
+
+def _prepare(directory: Path) -> None:
+    """:raises OSError: when ``directory`` cannot be made, emptied or written"""
     # 0750: the metric files name what the site sees; prometheus_client makes them 0644
     directory.mkdir(parents=True, mode=0o750, exist_ok=True)
     os.chmod(directory, 0o750)
     for stale in directory.glob("*.db"):
         stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    # imported now, before the master drops its privileges: it needs this module as it reaps
-    # workers, and the user it becomes may not be able to read the Python installation
-    import prometheus_client.multiprocess  # noqa: F401
+    probe = directory / PROBE
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        # blocks really allocated: prometheus_client maps its files, and a page of a mapped
+        # file with no room behind it kills the process with SIGBUS instead of an error
+        os.posix_fallocate(fd, 0, 1 << 16)
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 class Exporter:
@@ -121,6 +189,11 @@ class Exporter:
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
         self._frontends: set[str] = set()
+        global _exporter
+        _exporter = self
+        for what, n in _pending.items():
+            self.counters["degraded"].labels(what).inc(n)
+        _pending.clear()
 
     def sync(self, counts: Mapping[tuple[str, ...], int], open_connections: Mapping[str, int] | None = None) -> None:
         """Add what ``counts`` gained since the last call to the Prometheus counters, and

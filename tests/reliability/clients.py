@@ -1,0 +1,131 @@
+"""Clients that retry once, as Postfix does: a request whose connection is reset or closed
+before the reply is sent again, once, on a new connection. A request lost even so is lost.
+
+:class:`PolicyClient` keeps one persistent Postfix policy connection (as ``smtpd`` does
+between requests); :class:`RpcClient` one MessagePack-RPC connection. Both count the resets
+they saw (``resets``) and the requests that failed twice (``lost``). Also here: the config of a
+policy + RPC daemon the fault tests start with their own ``[server]``/``[dns]`` settings.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from checkid.protocols.msgpack_rpc.client import Client
+from checkid.protocols.postfix_policy import codec as pol
+from testsupport.dnsserver import TestDnsServer
+
+CLIENT = "192.0.2.1"
+IDENTITY = "example.com"
+#: the seed decision for CLIENT/IDENTITY (testsupport/zones): what a right answer starts with
+AUTHENT = f"{CLIENT} {IDENTITY} SPF1 PASS"
+#: bound on one socket operation of a client
+SECONDS = 20.0
+
+REQUEST = pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                              "client_address": CLIENT, "helo_name": IDENTITY, "sender": "",
+                              "recipient": "u@example.org", "instance": ""})
+
+
+class PolicyClient:
+    """One persistent policy connection to 127.0.0.1:``port``, retried once per request."""
+
+    def __init__(self, port: int, timeout: float = SECONDS) -> None:
+        self.port, self.timeout = port, timeout
+        self.sock: socket.socket | None = None
+        self.resets = 0
+        self.lost = 0
+
+    def _once(self) -> str:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        self.sock.sendall(REQUEST)
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionResetError("closed without a reply")
+            data += chunk
+        return pol.parse_reply(data)
+
+    def ask(self) -> str | None:
+        """The action of one request's reply, or None when it was lost (failed twice)."""
+        for attempt in (1, 2):
+            try:
+                return self._once()
+            except (ConnectionError, socket.timeout, OSError):
+                self.close()
+                if attempt == 1:
+                    self.resets += 1
+        self.lost += 1
+        return None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class RpcClient:
+    """One MessagePack-RPC connection to 127.0.0.1:``port``, retried once per call."""
+
+    def __init__(self, port: int, timeout: float = SECONDS) -> None:
+        self.address, self.timeout = f"127.0.0.1:{port}", timeout
+        self.client: Client | None = None
+        self.resets = 0
+        self.lost = 0
+
+    def ask(self) -> str | None:
+        """``action code`` and the first header of one checkID call, or None when it was lost."""
+        for attempt in (1, 2):
+            try:
+                if self.client is None:
+                    self.client = Client(self.address, timeout=self.timeout)
+                action, reply, headers = self.client.checkID(CLIENT, IDENTITY, "mail.example.com",
+                                                             "u@example.com", ["r@example.org"])
+                return f"{action} {reply[0]} " + " | ".join(f"{h.get('label')} {h.get('text')}" for h in headers)
+            except (ConnectionError, socket.timeout, OSError):
+                self.close()
+                if attempt == 1:
+                    self.resets += 1
+        self.lost += 1
+        return None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def right(answer: str | None) -> bool:
+    """Whether a policy or RPC answer is the seed decision."""
+    return answer is not None and (answer.startswith(f"PREPEND Authent: {AUTHENT}")
+                                   or answer.startswith(f"ACCEPT 250 Authent: {AUTHENT}"))
+
+
+def daemon_config(dns: TestDnsServer, policy: int, rpc: int, state_dir: Path, workers: int = 2,
+                  server: str = "", dns_timeout: float = 1.0, decision_timeout: float = 8.0,
+                  extra: str = "") -> str:
+    """A policy + MessagePack-RPC daemon on the test DNS server; ``server`` holds lines added
+    to ``[server]``, ``extra`` whole sections."""
+    return f"""
+[[listen]]
+protocol = "policy"
+address = "127.0.0.1:{policy}"
+[[listen]]
+protocol = "msgpack-rpc"
+address = "127.0.0.1:{rpc}"
+[server]
+workers = {workers}
+state_dir = "{state_dir}"
+heartbeat_timeout = 2.0
+grace = 5.0
+{server}
+[dns]
+nameservers = ["{dns.address}"]
+timeout = {dns_timeout}
+decision_timeout = {decision_timeout}
+[registry]
+zone = "registry.test"
+{extra}
+"""
