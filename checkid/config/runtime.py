@@ -40,17 +40,39 @@ class ServerConfig:
     #: a front-end connection with no data and nothing in flight for this long is closed
     #: (Postfix closes idle policy connections itself after 300 s)
     idle_timeout: float = 600.0
+    #: a request (a policy request up to its empty line, one MessagePack-RPC message, one
+    #: milter packet) must arrive whole this many seconds after its first byte, or the
+    #: connection is closed; the decision's time does not count. An MTA writes a request at
+    #: once (a policy request is under 1 KiB, a milter packet at most 1 MiB); 30 s is a 2 MiB
+    #: message at 70 KB/s, and well inside Postfix's smtpd_policy_service_timeout (100 s), so
+    #: a client we give up on still has time to retry
+    request_timeout: float = 30.0
+    #: connections open at once per listener in each worker; more are accepted and closed at
+    #: once (a client then tries another worker or server, better than waiting in the queue).
+    #: Postfix runs at most 100 smtpd processes per MTA (default_process_limit), each with one
+    #: connection to a policy service or milter: 1000 serves ten such MTAs on one worker, and
+    #: stays under the common descriptor limit of 1024 (nofile), leaving room for DNS sockets,
+    #: the cache and the logs. Raise both together; 0: no cap
+    max_connections: int = 1000
+    #: bytes one worker's connections may hold, together, in requests begun and not yet
+    #: complete; past it the connection holding the most is closed. Requests normally arrive
+    #: in one read and hold nothing for long: 64 MiB is 32 maximal (2 MiB) MessagePack-RPC
+    #: messages at once, while 1,000 half-sent ones would otherwise hold 2 GB; 0: no budget
+    max_unfinished_bytes: int = 64 * 1024 * 1024
 
     def check(self, path: str) -> None:
         """:raises ConfigError: a worker count outside 0 to 256, a non-positive period, syslog
-        without a socket"""
+        without a socket, a negative cap or budget"""
         if self.workers < 0 or self.workers > 256:
             raise ConfigError(f"{path}.workers: must be 0 (one per CPU) to 256")
         if self.log_file == SYSLOG and not self.syslog_socket:
             raise ConfigError(f'{path}.syslog_socket: must name the syslog socket when log_file = "syslog"')
-        for name in ("grace", "heartbeat_timeout", "idle_timeout"):
+        for name in ("grace", "heartbeat_timeout", "idle_timeout", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive")
+        for name in ("max_connections", "max_unfinished_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}: must be 0 (none) or more")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable
 
 from checkid.config import Config, ListenConfig
-from checkid.protocols.base import ServerState
+from checkid.protocols.base import Server, ServerState
 from checkid.protocols.decider import Decider
 
 #: protocol name -> "module:function" returning a protocol factory for (decider, state, config, listen)
@@ -24,8 +24,20 @@ def protocol_factory(decider: Decider, state: ServerState, config: Config,
     """The protocol factory for ``listen``: its connections call ``decider`` and are tracked
     (counted, shut down) in ``state``."""
     module, _, name = PROTOCOLS[listen.protocol].partition(":")
-    make: Callable[..., Callable[[], asyncio.Protocol]] = getattr(importlib.import_module(module), name)
-    return make(decider, state, config, listen)
+    make: Callable[..., Callable[[], Server]] = getattr(importlib.import_module(module), name)
+    inner = make(decider, state, config, listen)
+
+    def factory() -> Server:
+        connection = inner()
+        connection.listener = listen  # counted per listener: ServerState.by_listener
+        return connection
+
+    return factory
+
+
+def frontend(listen: ListenConfig) -> str:
+    """The front-end name the metrics give ``listen``'s connections."""
+    return f"{listen.protocol}-oneshot" if listen.protocol == "policy" and listen.oneshot else listen.protocol
 
 
 def check(config: Config) -> None:

@@ -13,7 +13,10 @@ descriptor limit libuv (under uvloop) accepts each waiting connection and closes
 with nothing logged or counted. The acceptor instead stops accepting for a moment when
 ``accept()`` fails for want of descriptors or memory, logs it (rate-limited) and counts it
 (``accept_errors`` by error): the connections wait in the kernel's queue until descriptors
-are free again, and are served then.
+are free again, and are served then. With ``max_connections``, a connection accepted while the
+listener has that many open in this worker is closed at once, logged (rate-limited) and
+counted (``connections_refused`` by front-end, reason ``max_connections``): the client tries
+another worker or server at once, rather than waiting in a queue that is not moving.
 """
 from __future__ import annotations
 
@@ -126,20 +129,29 @@ class Acceptor:
     connections stay queued in the kernel), logged at most once per throttle interval and
     counted as ``("accept_errors", "EMFILE")`` (and so on) in ``counts``. :meth:`close` stops
     accepting and leaves the socket open: the master keeps it and its queue.
+
+    :param max_connections: the cap on this listener's open connections (0: none), of which
+        ``open_count()`` says how many there are (connections being handed over count too)
+    :param label: the front-end name in the refusal's counter and log line
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  factory: Callable[[], asyncio.BaseProtocol], counts: Counter[tuple[str, ...]],
-                 retry: float = ACCEPT_RETRY_SECONDS) -> None:
+                 retry: float = ACCEPT_RETRY_SECONDS, max_connections: int = 0,
+                 open_count: Callable[[], int] | None = None, label: str = "") -> None:
         self.loop = loop
         self.sock = sock
         self.factory = factory
         self.counts = counts
         self.retry = retry
+        self.max_connections = max_connections
+        self.open_count = open_count or (lambda: 0)
+        self.label = label
         self.closed = False
         self._reading = False
         self._resume: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle()
+        self._refusals = LogThrottle()
         self._tasks: set[asyncio.Task[object]] = set()
 
     def start(self) -> None:
@@ -176,10 +188,23 @@ class Acceptor:
                     raise
                 self._out_of_resources(name, e)
                 return
+            if self.max_connections and self.open_count() + len(self._tasks) >= self.max_connections:
+                self._refuse(conn)
+                continue
             conn.setblocking(False)
             task: asyncio.Task[object] = self.loop.create_task(self._hand_over(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """At the cap: close the new connection at once; count it, log (rate-limited)."""
+        conn.close()
+        self.counts[("connections_refused", self.label, "max_connections")] += 1
+        suppressed = self._refusals.ready(self.loop.time())
+        if suppressed is not None:
+            log.warning("%s on %s: %d connections open, the max_connections cap; a new one closed at once%s",
+                        self.label, _sockname(self.sock), self.max_connections,
+                        f" ({suppressed} more since the last such line)" if suppressed else "")
 
     def _out_of_resources(self, name: str, error: OSError, pause: bool = True) -> None:
         """Count and log (rate-limited) a failed accept; pause accepting for ``retry`` s."""

@@ -102,8 +102,9 @@ class Worker:
 
     async def serve(self) -> int:
         spec, config = self.spec, self.spec.config
-        from checkid.protocols.registry import protocol_factory
+        from checkid.protocols.registry import frontend, protocol_factory
         from checkid.runtime.metrics import Exporter
+        from checkid.runtime.throttle import LogThrottle
 
         try:
             self.exporter = Exporter()
@@ -112,13 +113,17 @@ class Worker:
         except Exception as e:  # a configuration the master accepted should boot: report, do not loop
             log.error("worker %d cannot start: %s", spec.slot, e)
             return ExitCode.CANNOT_START
-        self.state = state = ServerState(stats=self._stats)
+        self.state = state = ServerState(stats=self._stats, max_unfinished_bytes=config.server.max_unfinished_bytes,
+                                         throttle=LogThrottle)
         loop = asyncio.get_running_loop()
         # our own accept loop, not loop.create_server: at the descriptor limit libuv accepts
         # and closes queued connections unseen; the Acceptor pauses, logs and counts instead
         acceptors = []
         for listen, sock in spec.sockets:
-            acceptor = Acceptor(loop, sock, protocol_factory(engine, state, config, listen), state.counts)
+            acceptor = Acceptor(loop, sock, protocol_factory(engine, state, config, listen), state.counts,
+                                max_connections=config.server.max_connections,
+                                open_count=functools.partial(state.by_listener.__getitem__, listen),
+                                label=frontend(listen))
             acceptor.start()
             acceptors.append(acceptor)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)

@@ -88,3 +88,22 @@ def test_unreadable_file(tmp_path):
 ])
 def test_parse_hostport(text, expected):
     assert config.parse_hostport(text, 53) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[server]\nrequest_timeout = 0\n", "server.request_timeout: must be positive"),
+    ("[server]\nmax_connections = -1\n", "server.max_connections: must be 0"),
+    ("[server]\nmax_unfinished_bytes = -1\n", "server.max_unfinished_bytes: must be 0"),
+])
+def test_server_bounds_are_checked(tmp_path, text, message):
+    f = tmp_path / "checkid.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(f)
+
+
+def test_server_bounds_load(tmp_path):
+    f = tmp_path / "checkid.toml"
+    f.write_text("[server]\nrequest_timeout = 5.5\nmax_connections = 0\nmax_unfinished_bytes = 1048576\n")
+    server = config.load(f).server
+    assert (server.request_timeout, server.max_connections, server.max_unfinished_bytes) == (5.5, 0, 1048576)

@@ -25,6 +25,8 @@ class FakeTransport:
         self.pauses = 0
         self.closed = False
         self.aborted = False
+        #: we half-closed (write_eof)
+        self.eof_written = False
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return {"peername": ("192.0.2.9", 4321)}.get(name, default)
@@ -55,6 +57,21 @@ class FakeTransport:
     def abort(self) -> None:
         self.aborted = True
         self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Our half-close; the peer, a well-behaved client, then closes its side: the
+        protocol's ``eof_received`` on the next loop iteration, and a close unless it keeps
+        the connection open."""
+        assert not self.closed, "write_eof after close"
+        self.eof_written = True
+        asyncio.get_running_loop().call_soon(self._peer_eof)
+
+    def _peer_eof(self) -> None:
+        if not self.closed and not self.protocol.eof_received():
+            self.close()
 
 
 def connect(protocol: asyncio.Protocol) -> FakeTransport:

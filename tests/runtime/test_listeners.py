@@ -109,3 +109,44 @@ async def poll(check, what: str, seconds: float = 20.0) -> None:
     while not check():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.001)
+
+
+def test_acceptor_at_its_connection_cap_closes_new_connections_at_once_logged_and_counted(caplog) -> None:
+    """At ``max_connections`` a new connection is closed at once (its client tries elsewhere),
+    counted and logged once per interval; those under the cap are served."""
+    caplog.set_level(logging.WARNING, "checkid.runtime.listeners")
+    Greeter.made = Greeter.lost = 0
+    counts: Counter[tuple[str, ...]] = Counter()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    lsock.setblocking(False)
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        acceptor = listeners.Acceptor(loop, lsock, Greeter, counts, max_connections=2,
+                                      open_count=lambda: Greeter.made - Greeter.lost, label="policy")
+        acceptor.start()
+        got, writers = [], []
+        try:
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection(*lsock.getsockname())
+                writers.append(writer)
+                got.append(await asyncio.wait_for(reader.read(2), 20.0))
+        finally:
+            for writer in writers:
+                writer.close()
+            acceptor.close()
+            for transport in Greeter.transports:
+                transport.close()
+            await poll(lambda: Greeter.lost == Greeter.made, "the connections to close")
+            Greeter.transports.clear()
+        return got
+
+    try:
+        got = run(scenario())
+    finally:
+        lsock.close()
+    assert got == [b"hi", b"hi", b"", b"", b""] and Greeter.made == 2
+    assert counts[("connections_refused", "policy", "max_connections")] == 3
+    assert len([r for r in caplog.records if "max_connections cap" in r.getMessage()]) == 1

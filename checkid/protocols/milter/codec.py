@@ -33,6 +33,8 @@ class Framer:
         self._packets: deque[tuple[bytes, bytes]] = deque()
         #: payload bytes of the framed packets not yet taken
         self._framed_bytes = 0
+        #: packets framed so far, for the request deadline
+        self.completed = 0
 
     def feed(self, data: bytes) -> None:
         buf = self._buffer
@@ -47,6 +49,7 @@ class Framer:
             body = bytes(buf[start + 4:start + 4 + length])
             self._packets.append((body[:1], body[1:]))
             self._framed_bytes += length
+            self.completed += 1
             start += 4 + length
         del buf[:start]
 
@@ -66,6 +69,11 @@ class Framer:
     def pending_bytes(self) -> int:
         """Bytes held: the packets framed and not yet taken, and the start of the next one."""
         return self._framed_bytes + len(self._buffer)
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes held of the packet begun and not complete (0: between packets)."""
+        return len(self._buffer)
 
 
 def frame(code: bytes, payload: bytes = b"") -> bytes:
@@ -153,6 +161,16 @@ class CommandParser:
     def pending_bytes(self) -> int:
         """Bytes received and not yet taken as commands."""
         return self._framer.pending_bytes
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes held of the packet begun and not complete (0: between packets)."""
+        return self._framer.unfinished
+
+    @property
+    def completed(self) -> int:
+        """Packets received whole so far."""
+        return self._framer.completed
 
 
 def _z(text: str) -> bytes:

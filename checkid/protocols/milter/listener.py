@@ -15,5 +15,5 @@ def factory(decider: Decider, state: ServerState, config: Config,
             listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     m = config.milter
     options = MilterOptions(m.decide_at, m.quarantine, m.progress_interval)
-    idle = config.server.idle_timeout
-    return lambda: MilterProtocol(decider, state, options, idle)
+    idle, request = config.server.idle_timeout, config.server.request_timeout
+    return lambda: MilterProtocol(decider, state, options, idle, request)

@@ -13,7 +13,9 @@ kept. A malformed stream, or one past a session bound (macros, recipients: see
 What one connection may hold is so bounded: about ``MAX_QUEUED_BYTES`` plus one packet and
 one read queued, the session's macros (``MAX_MACRO_BYTES``), one message's recipients
 (``MAX_RCPT_BYTES``) and headers (``MAX_HEADER_BYTES``): under 10 MiB. On shutdown a connection between messages closes at once; one in a
-message closes after that message's end-of-message reply (or ABORT).
+message closes after that message's end-of-message reply (or ABORT); either way with a
+half-close (:meth:`Server.finish`), never a reset that could destroy the last reply. A packet
+must arrive whole within the request deadline of its first byte.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ class MilterProtocol(Server):
     parser: CommandParser
 
     def __init__(self, decider: Decider, state: ServerState, options: MilterOptions,
-                 idle_timeout: float = 600.0) -> None:
-        super().__init__(state, FRONT, idle_timeout)
+                 idle_timeout: float = 600.0, request_timeout: float = 0.0) -> None:
+        super().__init__(state, FRONT, idle_timeout, request_timeout)
         self.session = MilterSession(decider, options, FRONT, state.counts)
         self.parser = CommandParser()
         #: the command being handled, while it waits (for a decision)
@@ -63,12 +65,18 @@ class MilterProtocol(Server):
     def buffered(self) -> int:
         return self.parser.pending_bytes
 
+    def unfinished(self) -> int:
+        return self.parser.unfinished
+
+    def completed(self) -> int:
+        return self.parser.completed
+
     def dispatch(self) -> None:
         """Handle the queued commands in order until one has to wait."""
         now = self.loop.time()
         while self.current is None and not self.closed:
             if self.closing and not self.session.in_message:
-                return self.close()
+                return self.finish()
             try:
                 command = self.parser.next_event()
             except ProtocolError as e:
@@ -101,7 +109,7 @@ class MilterProtocol(Server):
             return self.close()
         self._write(handling.result())
         if self.session.closed:
-            self.close()
+            self.finish()
 
     def _write(self, responses: list[Response]) -> None:
         if responses and not self.closed and not self.transport.is_closing():

@@ -23,6 +23,11 @@ MAX_MESSAGE = 2 * 1024 * 1024
 #: handed on must stay far below Python's recursion limit (1000), which ``repr`` and ``==``
 #: of a nested list hit at about 1,000 levels (msgpack's own stack stops only at 1,024)
 MAX_DEPTH = 32
+#: the unpacker's first buffer (msgpack would take min(max_buffer_size, 1 MiB) for every
+#: connection); it grows as a large message arrives, and an unpacker that grew past it is
+#: replaced once that message is complete: msgpack never shrinks its buffer, so 1,000
+#: connections that each once held a 1.9 MB message would keep 1.9 GB
+READ_SIZE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +96,16 @@ class RpcParser:
     def __init__(self, max_message: int = MAX_MESSAGE, max_depth: int = MAX_DEPTH) -> None:
         self.max_message = max_message
         self.max_depth = max_depth
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_message, strict_map_key=False)
+        self._unpacker = self._new_unpacker()
         self._events: deque[Event] = deque()
+        #: bytes fed to the current unpacker
         self._fed = 0
-        #: stream offset where the last complete message ended
+        #: the current unpacker's offset where the last complete message ended
         self._end = 0
+        #: the most bytes of one unfinished message the current unpacker held
+        self._peak = 0
+        #: messages completed so far, for the request deadline
+        self.completed = 0
         #: the first bytes of the message not yet complete, to find its msgid if it overflows
         self._head = b""
 
@@ -111,6 +121,7 @@ class RpcParser:
         try:
             for obj in self._unpacker:
                 self._end = self._unpacker.tell()
+                self.completed += 1
                 if _too_deep(obj, self.max_depth):
                     raise MessageTooDeep(f"message nests arrays and maps deeper than {self.max_depth} levels",
                                          _request_msgid(obj))
@@ -122,6 +133,18 @@ class RpcParser:
             self._head = data[start - chunk_start:start - chunk_start + 64]
         elif len(self._head) < 64:
             self._head += data[:64 - len(self._head)]
+        self._peak = max(self._peak, self._fed - self._end)
+        if self._fed == self._end and self._peak > READ_SIZE:
+            self._unpacker, self._fed, self._end, self._peak = self._new_unpacker(), 0, 0, 0
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes held of the message begun and not complete (0: between messages)."""
+        return self._fed - self._end
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        return msgpack.Unpacker(raw=False, max_buffer_size=self.max_message, strict_map_key=False,
+                                read_size=min(READ_SIZE, self.max_message))
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None

@@ -12,5 +12,5 @@ from checkid.protocols.msgpack_rpc.server import RpcProtocol
 
 def factory(decider: Decider, state: ServerState, config: Config,
             listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
-    idle = config.server.idle_timeout
-    return lambda: RpcProtocol(decider, state, idle)
+    idle, request = config.server.idle_timeout, config.server.request_timeout
+    return lambda: RpcProtocol(decider, state, idle, request)

@@ -2,8 +2,11 @@
 answered when its decision is ready (out of order, tied by msgid). A stream that is not
 MessagePack (or a message past a bound: size, nesting; or anything the codec raises) closes
 that one connection, after an error reply to the request when its msgid could be read
-(:meth:`Server.refuse`, :meth:`Server.undecodable`). A client's half-close, and a shutdown, are
-answered (what was asked so far) and then closed."""
+(:meth:`Server.refuse`, :meth:`Server.undecodable`). A client's half-close is answered (what
+was asked so far) and then closed. A shutdown (a reload) closes only between messages: the
+requests begun before it (one still arriving included, within the request deadline) are
+answered, then the connection half-closes (:meth:`Server.finish`); a request sent after the
+shutdown began gets a clean EOF instead of an answer, for the client to send again."""
 from __future__ import annotations
 
 import asyncio
@@ -28,17 +31,27 @@ MAX_IN_FLIGHT = 256
 
 class RpcProtocol(Server):
     max_in_flight = MAX_IN_FLIGHT
+    reads_while_closing = True  # a message begun before a shutdown is read to its end
     parser: RpcParser
 
-    def __init__(self, decider: Decider, state: ServerState, idle_timeout: float = 600.0) -> None:
-        super().__init__(state, FRONT, idle_timeout)
+    def __init__(self, decider: Decider, state: ServerState, idle_timeout: float = 600.0,
+                 request_timeout: float = 0.0) -> None:
+        super().__init__(state, FRONT, idle_timeout, request_timeout)
         self.service = RpcService(decider, state, FRONT)
         self.parser = RpcParser()
         self.tasks: set[asyncio.Future[None]] = set()
-        self.eof = False
+        #: messages taken from the parser so far; after a shutdown, those up to ``answer_until``
+        self.taken = 0
+        self.answer_until = 0
 
     def in_flight(self) -> int:
         return len(self.tasks)
+
+    def unfinished(self) -> int:
+        return self.parser.unfinished
+
+    def completed(self) -> int:
+        return self.parser.completed
 
     def refuse(self, error: ProtocolError) -> None:
         if isinstance(error, MessageRefused) and error.msgid is not None:
@@ -47,6 +60,9 @@ class RpcProtocol(Server):
 
     def dispatch(self) -> None:
         while (event := self.parser.next_event()) is not None:
+            if self.closed or (self.closing and self.taken >= self.answer_until):
+                continue  # begun after the shutdown: the client gets EOF, and asks again
+            self.taken += 1
             if isinstance(event, Request):
                 self._start(self._answer(event))
             elif isinstance(event, Notification):
@@ -56,16 +72,23 @@ class RpcProtocol(Server):
             elif isinstance(event, Response):
                 log.debug("%s: ignoring a response sent to the server", self.peer)
         self.flow.update()
+        self._finish_when_answered()
 
     def eof_received(self) -> bool:
         """The client is done sending: answer what it asked, then close."""
+        if self.draining:
+            return False
         self.eof = True
         return bool(self.tasks)  # False closes now; else _done closes after the last answer
 
     def shutdown(self) -> None:
         self.closing = True
-        if not self.tasks:
-            self.close()
+        self.answer_until = self.taken + (1 if self.parser.unfinished else 0)
+        self._finish_when_answered()
+
+    def _finish_when_answered(self) -> None:
+        if not self.tasks and not self.closed and (self.closing and self.taken >= self.answer_until):
+            self.finish()
 
     def lost(self) -> None:
         for task in self.tasks:
@@ -81,9 +104,11 @@ class RpcProtocol(Server):
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self.tasks.discard(task)
-        if (self.eof or self.closing) and not self.tasks and not self.closed:
+        if self.eof and not self.tasks and not self.closed:
             return self.close()
-        self.flow.update()
+        self._finish_when_answered()
+        if not self.closed:
+            self.flow.update()
 
     async def _answer(self, request: Request) -> None:
         try:

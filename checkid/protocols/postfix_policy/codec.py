@@ -34,6 +34,8 @@ class RequestParser:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._ready: deque[Request] = deque()
+        #: requests completed so far (their empty line arrived), for the request deadline
+        self.completed = 0
 
     def receive_data(self, data: bytes) -> None:
         buf = self._buffer
@@ -49,6 +51,7 @@ class RequestParser:
             if end < 0:
                 break
             self._ready.append(_request(bytes(buf[start:end + 1])))
+            self.completed += 1
             start = end + 2
         del buf[:start]
         if len(buf) > MAX_REQUEST:
@@ -60,6 +63,7 @@ class RequestParser:
         self._buffer.clear()
         if block:
             self._ready.append(_request(block + b"\n"))
+            self.completed += 1
 
     def next_event(self) -> Request | None:
         return self._ready.popleft() if self._ready else None
@@ -68,6 +72,11 @@ class RequestParser:
     def pending(self) -> bool:
         """Whether part of a request has been received."""
         return bool(self._buffer.strip(b"\n"))
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes held of the request begun and not complete (0: between requests)."""
+        return len(self._buffer)
 
 
 def _request(block: bytes) -> Request:

@@ -20,5 +20,6 @@ def options(config: Config) -> PolicyOptions:
 def factory(decider: Decider, state: ServerState, config: Config,
             listen: ListenConfig) -> Callable[[], asyncio.Protocol]:
     opts = options(config)
-    idle = config.server.idle_timeout
-    return lambda: PolicyProtocol(decider, state, opts, oneshot=listen.oneshot, idle_timeout=idle)
+    idle, request = config.server.idle_timeout, config.server.request_timeout
+    return lambda: PolicyProtocol(decider, state, opts, oneshot=listen.oneshot, idle_timeout=idle,
+                                  request_timeout=request)

@@ -3,8 +3,12 @@
 Requests are answered in order even when pipelined (decisions run concurrently, replies
 wait for their turn). A malformed stream or an internal error closes the connection with
 no reply, as Postfix expects (it retries). In ``oneshot`` mode (Exim's ``${readsocket}``)
-the first answer is followed by a close; in any mode a client's half-close, and a
-shutdown, are answered (what was asked so far) and then closed.
+the first answer is followed by a close; in any mode a client's half-close is answered (what
+was asked so far) and then closed. A shutdown (a reload) closes only between requests: the
+requests begun before it (one still arriving included, within the request deadline) are
+answered, then the connection half-closes (:meth:`Server.finish`): a request sent after the
+shutdown began gets a clean EOF, and Postfix, which retries a lost policy connection once,
+asks again elsewhere.
 """
 from __future__ import annotations
 
@@ -25,22 +29,33 @@ MAX_IN_FLIGHT = 64
 class PolicyProtocol(Server):
     max_in_flight = MAX_IN_FLIGHT
     abort_on_error = True  # Postfix retries a connection closed with no reply
+    reads_while_closing = True  # a request begun before a shutdown is read to its end
     parser: RequestParser
 
     def __init__(self, decider: Decider, state: ServerState, options: PolicyOptions, oneshot: bool = False,
-                 idle_timeout: float = 600.0) -> None:
-        super().__init__(state, "policy-oneshot" if oneshot else "policy", idle_timeout)
+                 idle_timeout: float = 600.0, request_timeout: float = 0.0) -> None:
+        super().__init__(state, "policy-oneshot" if oneshot else "policy", idle_timeout, request_timeout)
         self.oneshot = oneshot
         self.session = PolicySession(decider, options, self.front)
         self.parser = RequestParser()
         #: the answers not yet written, in request order
         self.tasks: deque[asyncio.Future[str]] = deque()
-        self.eof = False
+        #: requests taken from the parser so far; after a shutdown, those up to ``answer_until``
+        self.taken = 0
+        self.answer_until = 0
 
     def in_flight(self) -> int:
         return len(self.tasks)
 
+    def unfinished(self) -> int:
+        return self.parser.unfinished
+
+    def completed(self) -> int:
+        return self.parser.completed
+
     def eof_received(self) -> bool:
+        if self.draining:
+            return False
         self.eof = True
         try:
             self.parser.receive_eof()
@@ -55,6 +70,7 @@ class PolicyProtocol(Server):
 
     def shutdown(self) -> None:
         self.closing = True
+        self.answer_until = self.taken + (1 if self.parser.pending else 0)
         self._close_when_answered()
 
     def lost(self) -> None:
@@ -66,6 +82,9 @@ class PolicyProtocol(Server):
         while (request := self.parser.next_event()) is not None:
             if self.closed or (self.oneshot and self.tasks):
                 continue  # oneshot: only the first request of the connection is answered
+            if self.closing and self.taken >= self.answer_until:
+                continue  # begun after the shutdown: the client gets EOF, and asks again
+            self.taken += 1
             task = eager.start(self.session.answer(request))  # a warm answer is done here
             self.tasks.append(task)
             if task.done():
@@ -73,6 +92,7 @@ class PolicyProtocol(Server):
             else:
                 task.add_done_callback(self._flush)
         self.flow.update()
+        self._close_when_answered()
 
     def _flush(self, _task: asyncio.Future[str]) -> None:
         while self.tasks and self.tasks[0].done() and not self.closed:
@@ -87,10 +107,12 @@ class PolicyProtocol(Server):
                 return self.close(abort=True)
             self.transport.write(encode_reply(task.result()))
             if self.oneshot:
-                return self.close()
+                return self.finish()
         self.flow.update()
         self._close_when_answered()
 
     def _close_when_answered(self) -> None:
-        if not self.tasks and not self.closed and (self.closing or (self.eof and not self.parser.pending)):
-            self.close()
+        if self.tasks or self.closed:
+            return
+        if (self.closing and self.taken >= self.answer_until) or (self.eof and not self.parser.pending):
+            self.finish()
