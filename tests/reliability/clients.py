@@ -9,6 +9,7 @@ policy + RPC daemon the fault tests start with their own ``[server]``/``[dns]`` 
 from __future__ import annotations
 
 import socket
+import urllib.request
 from pathlib import Path
 
 from checkid.protocols.msgpack_rpc.client import Client
@@ -103,11 +104,28 @@ def right(answer: str | None) -> bool:
                                    or answer.startswith(f"ACCEPT 250 Authent: {AUTHENT}"))
 
 
+def counter(metrics_port: int, name: str, **labels: str) -> float:
+    """The sum over the daemon's processes of counter ``checkid_<name>_total`` with these
+    ``labels`` (others any), as its metrics endpoint shows it; 0 when none was counted."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=SECONDS).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        series, _, value = line.rpartition(" ")
+        metric, _, rest = series.partition("{")
+        if metric != f"checkid_{name}_total":
+            continue
+        have = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if "=" in pair)
+        if all(have.get(k) == f'"{v}"' for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 def daemon_config(dns: TestDnsServer, policy: int, rpc: int, state_dir: Path, workers: int = 2,
                   server: str = "", dns_timeout: float = 1.0, decision_timeout: float = 8.0,
-                  extra: str = "") -> str:
+                  extra: str = "", dns_lines: str = "", nameserver: str | None = None) -> str:
     """A policy + MessagePack-RPC daemon on the test DNS server; ``server`` holds lines added
-    to ``[server]``, ``extra`` whole sections."""
+    to ``[server]``, ``dns_lines`` lines added to ``[dns]``, ``extra`` whole sections;
+    ``nameserver`` (``IP:PORT``) replaces the test DNS server's address."""
     return f"""
 [[listen]]
 protocol = "policy"
@@ -122,9 +140,10 @@ heartbeat_timeout = 2.0
 grace = 5.0
 {server}
 [dns]
-nameservers = ["{dns.address}"]
+nameservers = ["{nameserver or dns.address}"]
 timeout = {dns_timeout}
 decision_timeout = {decision_timeout}
+{dns_lines}
 [registry]
 zone = "registry.test"
 {extra}
