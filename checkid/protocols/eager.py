@@ -33,6 +33,12 @@ def start(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         future = loop.create_future()
         future.set_exception(error)
         return future
+    if yielded is not None:
+        # the Future's await marked it blocking for the Task that will wait on it; until our Task
+        # takes it up, another coroutine (the next pipelined request sharing the same lookup)
+        # may await it too and its Task clears the mark: ours would then find it unmarked
+        # ("await wasn't used with future"). _Wait marks it again when it hands it over.
+        yielded._asyncio_future_blocking = False
     return loop.create_task(_resume(coro, yielded), context=context)
 
 
@@ -56,7 +62,7 @@ async def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
 
 
 class _Wait:
-    """Hand the inner coroutine's Future (already marked as blocking) to our Task as is."""
+    """Hand the inner coroutine's Future to our Task, marked as blocking as its own await did."""
 
     __slots__ = ("future",)
 
@@ -64,4 +70,6 @@ class _Wait:
         self.future = future
 
     def __await__(self) -> Generator[Any, None, None]:
+        if self.future is not None:
+            self.future._asyncio_future_blocking = True
         yield self.future

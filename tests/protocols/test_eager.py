@@ -90,3 +90,24 @@ def test_cancelling_the_task_cancels_the_coroutine_where_it_waits():
             await future
         assert seen == ["cancelled inside"] and gate.cancelled()
     run(main())
+
+
+def test_several_eager_starts_may_await_one_task_that_has_not_run_yet():
+    """The reliability fuzz found it (three pipelined policy requests of one instance): the
+    second and third await the first's Task before any of their own Tasks ran; the Task's
+    blocking mark, cleared by the second's Task, must not make the third's await fail."""
+    async def main():
+        shared = asyncio.get_running_loop().create_future()
+
+        async def waiter():
+            return await shared
+
+        async def follower(task):
+            return await task
+
+        first = eager.start(waiter())
+        followers = [eager.start(follower(first)) for _ in range(3)]
+        await asyncio.sleep(0)  # let every Task take up what it waits on
+        shared.set_result("answer")
+        return await asyncio.gather(first, *followers)
+    assert run(main()) == ["answer"] * 4
