@@ -163,6 +163,9 @@ class CommandParser:
         elif self.bare_lf == "reject":
             self._events.append(BadLine("bare LF"))
             return
+        if b"\r" in line:  # RFC 5321 §2.3.8: a CR only in CRLF; relayed, one inside would end a line early
+            self._events.append(BadLine("bare CR"))
+            return
         verb, _, arg = line.decode("utf-8", "surrogateescape").partition(" ")
         command = Command(verb.upper(), arg)
         if command.verb in _WAITING_VERBS:

@@ -22,7 +22,7 @@ class BadLine:
     """A command line that cannot be taken (too long, a bare LF under ``reject``); the
     session answers it and goes on with the next line."""
 
-    #: "too long" or "bare LF"
+    #: "too long", "bare LF" or "bare CR" (a CR inside the line, in any ``bare_lf`` mode)
     reason: str
 
 

@@ -233,7 +233,7 @@ class SmtpSession:
         if self.conn.commands > self.options.max_commands:
             return self._close(replies.TOO_MANY_COMMANDS)
         if isinstance(event, BadLine):
-            return self._error(replies.LINE_TOO_LONG if event.reason == "too long" else replies.BARE_LF)
+            return self._error(_BAD_LINES[event.reason])
         entry = self.verbs.get(event.verb)
         if entry is None:
             return self._error(replies.NOT_IMPLEMENTED if event.verb in replies.UNIMPLEMENTED
@@ -579,6 +579,8 @@ class SmtpSession:
 
 
 _ANY = frozenset(State) - {State.CLOSED, State.TLS}
+#: a BadLine's reason -> its reply
+_BAD_LINES = {"too long": replies.LINE_TOO_LONG, "bare LF": replies.BARE_LF, "bare CR": replies.BARE_CR}
 #: an end-of-data decision that ends the transaction -> its ``smtp_transactions`` outcome
 _OUTCOMES = {Action.REJECT: "rejected", Action.TEMPFAIL: "tempfailed", Action.DISCARD: "discarded"}
 _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d{1,20})(?=\s|$)")
