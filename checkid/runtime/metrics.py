@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from checkid.runtime import metricfiles
 from checkid.runtime.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,16 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "from its first byte to its last", ("frontend",)),
     "degraded": ("Faults survived by running with less, by what (cache_corrupt: a shared cache file that "
                  "was not LMDB, set aside and made anew; cache_open: no shared cache; cache_write: a write "
-                 "to it failed; metrics_dir: the metrics directory unusable, a private one used instead)",
+                 "to it failed; metrics_dir: the metrics directory unusable, a private one used instead; "
+                 "metrics_write: no room for a process's metric file, or for a new series in it, kept in "
+                 "memory unexported; state_write: a file the master writes in the state directory (master.json, "
+                 "a worker's heartbeat) could not be written)",
                  ("what",)),
 }
+
+#: every ``what`` of ``degraded``: each series made (at 0) with the Exporter, while its metric
+#: file has room, so that a fault later on a full disk is still counted where it is exported
+DEGRADED = ("cache_corrupt", "cache_open", "cache_write", "metrics_dir", "metrics_write", "state_write")
 
 #: 50 µs to 10 s
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -139,7 +147,24 @@ def prepare_dir(path: str) -> str:
     # imported now, before the master drops its privileges: it needs this module as it reaps
     # workers, and the user it becomes may not be able to read the Python installation
     import prometheus_client.multiprocess  # noqa: F401
+
+    # every metric file's blocks reserved before prometheus_client maps it: a full disk
+    # would otherwise kill the process that next stores a value (SIGBUS)
+    metricfiles.install()
     return path
+
+
+def report_file_faults() -> None:
+    """Log (throttled) and count the metric files found without room since the last call
+    (:mod:`checkid.runtime.metricfiles` only notes them: it finds them inside
+    prometheus_client's lock). Called once a tick, outside that lock."""
+    for path, failed, error in metricfiles.take_faults():
+        if failed == "create":
+            degraded("metrics_write", "metric file %s cannot be made (%s): its series are kept in memory, "
+                     "not exported", path, error)
+        else:
+            degraded("metrics_write", "metric file %s cannot grow (%s): its new series are kept in memory, "
+                     "not exported", path, error)
 
 
 #: a probe file :func:`_prepare` writes, so a directory that lists but cannot be written
@@ -189,15 +214,20 @@ class Exporter:
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
         self._frontends: set[str] = set()
+        for what in DEGRADED:
+            self.counters["degraded"].labels(what)
         global _exporter
         _exporter = self
         for what, n in _pending.items():
             self.counters["degraded"].labels(what).inc(n)
         _pending.clear()
+        report_file_faults()
 
     def sync(self, counts: Mapping[tuple[str, ...], int], open_connections: Mapping[str, int] | None = None) -> None:
         """Add what ``counts`` gained since the last call to the Prometheus counters, and
-        set the open connections per front-end (0 for one no longer listed)."""
+        set the open connections per front-end (0 for one no longer listed); report the
+        metric files found without room meanwhile."""
+        report_file_faults()
         for key, value in counts.items():
             delta = value - self._synced[key]
             if delta > 0:

@@ -130,7 +130,9 @@ class Master:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        metrics.prepare_dir(self.metrics_dir)
+        # the directory really used: an unusable one gives way to a private one, which the
+        # privilege drop must hand over and master.json must name
+        self.metrics_dir = metrics.prepare_dir(self.metrics_dir)
         self.exporter = metrics.Exporter()
         import prometheus_client as prom
 
@@ -245,6 +247,7 @@ class Master:
             self.maintain_worker_count()
             self.read_worker_status()
             self.publish()
+            metrics.report_file_faults()  # the master's own metric files, found full meanwhile
         notify.notify("STOPPING=1")
         self.publish()
         try:
@@ -313,8 +316,9 @@ class Master:
             return
         try:
             control.write_atomic(self.state_dir / control.STATE_FILE, data)
-        except OSError as e:
-            log.warning("cannot write %s: %s", self.state_dir / control.STATE_FILE, e.strerror or e)
+        except OSError as e:  # a full disk: every pass would retry, so the line is throttled
+            metrics.degraded("state_write", "cannot write %s: %s; checkid reload and stats see "
+                             "the last state written", self.state_dir / control.STATE_FILE, e.strerror or e)
             return
         self._published = data
 
@@ -454,8 +458,34 @@ class Master:
         self.exporter.workers.set(len(self.workers))
 
     # -- processes ------------------------------------------------------------------------
-    def spawn_worker(self, slot: int) -> None:
+    def _heartbeat_file(self) -> IO[bytes]:
+        """A new worker's heartbeat and status file. In memory (a memfd): on a full state
+        directory a worker's first status write would fail and the worker with it. Where
+        memfds are refused (a seccomp filter), an unlinked file in the state directory with
+        its block allocated now, so that a full disk fails here, in the master.
+
+        :raises OSError: no memfd, and no room in the state directory
+        """
+        try:
+            return os.fdopen(os.memfd_create("checkid-heartbeat"), "w+b")
+        except (OSError, AttributeError):  # AttributeError: not Linux
+            pass
         heartbeat = tempfile.TemporaryFile(dir=self.state_dir)
+        try:
+            os.posix_fallocate(heartbeat.fileno(), 0, control.STATUS_SIZE)
+        except BaseException:
+            heartbeat.close()
+            raise
+        return heartbeat
+
+    def spawn_worker(self, slot: int) -> None:
+        try:
+            heartbeat = self._heartbeat_file()
+        except OSError as e:  # the slot is tried again a second later; the master lives on
+            metrics.degraded("state_write", "worker slot %d not started: no heartbeat file in %s (%s); "
+                             "trying again", slot, self.state_dir, e.strerror or e)
+            self.slots[slot].not_before = time.monotonic() + 1.0
+            return
         now = time.monotonic()
         os.utime(heartbeat.fileno(), (now, now))
         spec = worker_mod.WorkerSpec(
