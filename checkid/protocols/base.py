@@ -35,6 +35,11 @@ ABORT_WAIT = 1.0
 #: EOF is awaited: a client's answers are out and it has had them for a round trip or so; one
 #: that keeps sending this long gets a plain close
 LINGER = 2.0
+#: a shutdown waits this long from a connection's start for its first request when it has sent
+#: none yet: a client that retries a request a closing worker refused (EOF) connects and writes
+#: at once, and its new connection may be taken by a worker whose own SIGTERM is on its way
+#: (back-to-back reloads); closing that one unasked would lose the retried request
+FIRST_REQUEST_WAIT = 2.0
 
 
 class Throttle(Protocol):
@@ -299,10 +304,12 @@ class Server(asyncio.Protocol):
         self.draining = False
         self._timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._first_wait: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self.loop = asyncio.get_running_loop()
+        self.made = self.loop.time()
         self.peer = str(transport.get_extra_info("peername") or "unix")
         self.flow = FlowControl(self.transport, self.idle_timeout, self.max_in_flight, self.in_flight,
                                 self.loop.time(), self.buffered, self.max_buffered, self.request_timeout)
@@ -312,10 +319,10 @@ class Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.remove(self)
-        for timer in (self._timer, self._linger):
+        for timer in (self._timer, self._linger, self._first_wait):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._linger = None
+        self._timer = self._linger = self._first_wait = None
         self.lost()
 
     def data_received(self, data: bytes) -> None:
@@ -388,6 +395,16 @@ class Server(asyncio.Protocol):
 
     def abort(self) -> None:
         self.close(abort=True)
+
+    def wait_for_first_request(self, give_up: Callable[[], None]) -> bool:
+        """At a shutdown of a connection that has sent no request yet: whether its first one is
+        still awaited (it began less than ``FIRST_REQUEST_WAIT`` ago); if so, ``give_up`` is
+        called when that time is up."""
+        due = self.made + FIRST_REQUEST_WAIT
+        if self.loop.time() >= due:
+            return False
+        self._first_wait = self.loop.call_at(due, give_up)
+        return True
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()

@@ -10,6 +10,7 @@ import pytest
 
 from checkid.config import Config, ListenConfig, ServerConfig
 from checkid.errors import CheckidError
+from checkid.protocols import base
 from checkid.protocols.base import FlowControl, ServerState
 from checkid.protocols.milter import codec as milter
 from checkid.protocols.milter.events import (ACCEPT, CONTINUE, Abort, Connect, EndOfMessage, HeaderField, Helo,
@@ -254,16 +255,15 @@ def test_rpc_errors_are_checkid_errors():
 
 
 
-@pytest.mark.parametrize("protocol", ["policy", "msgpack-rpc", "milter"])
-def test_shutdown_also_ends_a_connection_accepted_after_it_began(protocol):
+def test_shutdown_also_ends_a_milter_connection_accepted_after_it_began():
     async def go():
         decider, state = Decider(hold=True), ServerState()
-        busy = make(protocol, decider, state)
+        busy = make("milter", decider, state)
         connect(busy)
-        busy.data_received(REQUESTS[protocol][0] if protocol != "milter" else MILTER_OPEN)
+        busy.data_received(MILTER_OPEN)
         shutting = asyncio.ensure_future(state.shutdown(60.0))
         await until(lambda: state.closing)
-        late = make(protocol, decider, state)  # accepted in the loop turn of the shutdown
+        late = make("milter", decider, state)  # accepted in the loop turn of the shutdown
         transport = connect(late)
         closed_at_once = ended(transport)
         decider.release()
@@ -271,6 +271,53 @@ def test_shutdown_also_ends_a_connection_accepted_after_it_began(protocol):
         return closed_at_once, state.connections
 
     assert run(go()) == (True, set())
+
+
+@pytest.mark.parametrize("protocol", ["policy", "msgpack-rpc"])
+def test_a_shutdown_answers_the_first_request_of_a_connection_just_made_then_ends_it(protocol):
+    """A client retrying what a closing worker refused connects and writes at once; its new
+    connection, taken just before this worker's own shutdown, gets its answer (back-to-back
+    reloads lost such retries)."""
+    async def go():
+        state = ServerState()
+        late = make(protocol, Decider(), state)
+        transport = connect(late)
+        shutting = asyncio.ensure_future(state.shutdown(60.0))
+        await until(lambda: state.closing)
+        open_meanwhile = not ended(transport)
+        late.data_received(REQUESTS[protocol][0])
+        await shutting
+        return open_meanwhile, bool(transport.take()), ended(transport)
+
+    assert run(go()) == (True, True, True)
+
+
+@pytest.mark.parametrize("protocol", ["policy", "msgpack-rpc"])
+def test_a_shutdown_ends_a_new_connection_whose_first_request_does_not_come(protocol, monkeypatch):
+    monkeypatch.setattr(base, "FIRST_REQUEST_WAIT", 0.05)
+
+    async def go():
+        state = ServerState()
+        transport = connect(make(protocol, Decider(), state))
+        await state.shutdown(60.0)
+        return ended(transport), transport.take()
+
+    assert run(go()) == (True, b"")
+
+
+def test_a_shutdown_ends_at_once_a_connection_that_sent_nothing_for_long(monkeypatch):
+    monkeypatch.setattr(base, "FIRST_REQUEST_WAIT", 0.0)
+
+    async def go():
+        state = ServerState()
+        transport = connect(make("policy", Decider(), state))
+        state_shutdown = asyncio.ensure_future(state.shutdown(60.0))
+        await until(lambda: state.closing)
+        at_once = ended(transport)
+        await state_shutdown
+        return at_once
+
+    assert run(go()) is True
 
 
 # -- any codec failure is a protocol error of that connection only (issue 14) -----------------

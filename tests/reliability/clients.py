@@ -35,6 +35,9 @@ class PolicyClient:
         self.port, self.timeout = port, timeout
         self.sock: socket.socket | None = None
         self.resets = 0
+        #: of those, the connection resets (RST) seen: a graceful close between requests is an
+        #: EOF, never one of these
+        self.rsts = 0
         self.lost = 0
 
     def _once(self) -> str:
@@ -45,7 +48,7 @@ class PolicyClient:
         while not data.endswith(b"\n\n"):
             chunk = self.sock.recv(4096)
             if not chunk:
-                raise ConnectionResetError("closed without a reply")
+                raise ConnectionError("closed without a reply")
             data += chunk
         return pol.parse_reply(data)
 
@@ -54,10 +57,11 @@ class PolicyClient:
         for attempt in (1, 2):
             try:
                 return self._once()
-            except (ConnectionError, socket.timeout, OSError):
+            except (ConnectionError, socket.timeout, OSError) as e:
                 self.close()
                 if attempt == 1:
                     self.resets += 1
+                    self.rsts += isinstance(e, ConnectionResetError)
         self.lost += 1
         return None
 
@@ -74,6 +78,9 @@ class RpcClient:
         self.address, self.timeout = f"127.0.0.1:{port}", timeout
         self.client: Client | None = None
         self.resets = 0
+        #: of those, the connection resets (RST) seen: a graceful close between requests is an
+        #: EOF, never one of these
+        self.rsts = 0
         self.lost = 0
 
     def ask(self) -> str | None:
@@ -85,10 +92,11 @@ class RpcClient:
                 action, reply, headers = self.client.checkID(CLIENT, IDENTITY, "mail.example.com",
                                                              "u@example.com", ["r@example.org"])
                 return f"{action} {reply[0]} " + " | ".join(f"{h.get('label')} {h.get('text')}" for h in headers)
-            except (ConnectionError, socket.timeout, OSError):
+            except (ConnectionError, socket.timeout, OSError) as e:
                 self.close()
                 if attempt == 1:
                     self.resets += 1
+                    self.rsts += isinstance(e, ConnectionResetError)
         self.lost += 1
         return None
 

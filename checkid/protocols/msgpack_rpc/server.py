@@ -83,8 +83,15 @@ class RpcProtocol(Server):
 
     def shutdown(self) -> None:
         self.closing = True
-        self.answer_until = self.taken + (1 if self.parser.unfinished else 0)
+        begun = bool(self.parser.unfinished) or (self.taken == 0 and self.wait_for_first_request(self._no_first_request))
+        self.answer_until = self.taken + (1 if begun else 0)
         self._finish_when_answered()
+
+    def _no_first_request(self) -> None:
+        """Shutting down, the first request did not come in time: close (one begun is finished)."""
+        if self.taken == 0 and not self.parser.unfinished:
+            self.answer_until = 0
+            self._finish_when_answered()
 
     def _finish_when_answered(self) -> None:
         if not self.tasks and not self.closed and (self.closing and self.taken >= self.answer_until):

@@ -70,8 +70,15 @@ class PolicyProtocol(Server):
 
     def shutdown(self) -> None:
         self.closing = True
-        self.answer_until = self.taken + (1 if self.parser.pending else 0)
+        begun = bool(self.parser.pending) or (self.taken == 0 and self.wait_for_first_request(self._no_first_request))
+        self.answer_until = self.taken + (1 if begun else 0)
         self._close_when_answered()
+
+    def _no_first_request(self) -> None:
+        """Shutting down, the first request did not come in time: close (one begun is finished)."""
+        if self.taken == 0 and not self.parser.pending:
+            self.answer_until = 0
+            self._close_when_answered()
 
     def lost(self) -> None:
         for task in self.tasks:
