@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "checkid.errors": 0,
     "checkid.exitcodes": 0,
+    "checkid.throttle": 0,
     "checkid.config": 0,
     "checkid.engine": 1,
     "checkid.policy": 1,

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from checkid.errors import ProtocolError
 from checkid.protocols.limits import LimitExceeded
+from checkid.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ LINGER = 2.0
 FIRST_REQUEST_WAIT = 2.0
 
 
-class Throttle(Protocol):
-    """Decides whether a log line about one kind of event is written now
-    (``checkid.runtime.throttle.LogThrottle``, which the worker gives)."""
-
-    def ready(self, now: float) -> int | None:
-        """None: leave the line out; else how many were left out since the last one."""
-        ...
-
-
-class _Unthrottled:
-    """Every line is written (a ServerState made without a throttle: tests, tools)."""
-
-    def ready(self, now: float) -> int | None:
-        return 0
-
-
 class ServerState:
     """The connections of one worker's servers and their counters, shared by every listener.
 
@@ -66,11 +51,11 @@ class ServerState:
     :param max_unfinished_bytes: the budget for bytes held in requests not yet complete, over
         all connections (0: none)
     :param throttle: makes the rate limiter of one kind of log line (a client can make us
-        refuse at will: a flood writes one line per interval)
+        refuse at will: a flood writes one line per interval); :class:`LogThrottle` unless given
     """
 
     def __init__(self, stats: Callable[[], Mapping[tuple[str, ...], int]] | None = None,
-                 max_unfinished_bytes: int = 0, throttle: Callable[[], Throttle] | None = None) -> None:
+                 max_unfinished_bytes: int = 0, throttle: Callable[[], LogThrottle] = LogThrottle) -> None:
         #: ("connections", front), ("protocol_errors", front), ("internal_errors", front),
         #: ("limits_exceeded", front, limit), ("codec_exceptions", front)
         self.counts: Counter[tuple[str, ...]] = Counter()
@@ -88,13 +73,13 @@ class ServerState:
         #: their sum
         self.unfinished_total = 0
         self._trimming = False
-        self._throttle = throttle or _Unthrottled
-        self._throttles: dict[str, Throttle] = {}
+        self._throttle = throttle
+        self._throttles: dict[str, LogThrottle] = {}
         #: open connections by listener (the value the registry's factory gives each one)
         self.by_listener: Counter[object] = Counter()
 
     def log_ready(self, kind: str, now: float) -> int | None:
-        """Whether a line about ``kind`` may be written now (see :class:`Throttle`)."""
+        """Whether a line about ``kind`` may be written now (see :class:`LogThrottle`)."""
         throttle = self._throttles.get(kind)
         if throttle is None:
             throttle = self._throttles[kind] = self._throttle()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from checkid.config import ListenConfig, parse_listen
 from checkid.errors import ConfigError
-from checkid.runtime.throttle import LogThrottle
+from checkid.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 

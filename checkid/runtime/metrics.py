@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from checkid.runtime import metricfiles
-from checkid.runtime.throttle import LogThrottle
+from checkid.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ deadline (``REQUEST_SECONDS`` from its accept) and there are at most ``MAX_CONNE
 at once. At the cap the oldest connection is closed to make room: clients that connect and
 say nothing cannot hold the endpoint, and a fresh ``/healthz`` is answered even during such a
 flood. Each closing is counted (``metrics_connections_closed`` by reason) and logged, at most
-one line per kind every few seconds (:mod:`checkid.runtime.throttle`).
+one line per kind every few seconds (:mod:`checkid.throttle`).
 
 Scrapes must not take CPU from the workers' decisions (1,000 concurrent scrapes once raised
 decision p99 from 0.27 to 3.1 ms): the merged exposition is rendered at most once every
@@ -31,7 +31,7 @@ from checkid.config import parse_listen
 from checkid.exitcodes import ExitCode
 from checkid.runtime import metrics
 from checkid.runtime.logs import reopen_logs
-from checkid.runtime.throttle import LogThrottle
+from checkid.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 

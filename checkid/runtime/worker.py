@@ -104,7 +104,6 @@ class Worker:
         spec, config = self.spec, self.spec.config
         from checkid.protocols.registry import frontend, protocol_factory
         from checkid.runtime.metrics import Exporter
-        from checkid.runtime.throttle import LogThrottle
 
         try:
             self.exporter = Exporter()
@@ -113,8 +112,7 @@ class Worker:
         except Exception as e:  # a configuration the master accepted should boot: report, do not loop
             log.error("worker %d cannot start: %s", spec.slot, e)
             return ExitCode.CANNOT_START
-        self.state = state = ServerState(stats=self._stats, max_unfinished_bytes=config.server.max_unfinished_bytes,
-                                         throttle=LogThrottle)
+        self.state = state = ServerState(stats=self._stats, max_unfinished_bytes=config.server.max_unfinished_bytes)
         loop = asyncio.get_running_loop()
         # our own accept loop, not loop.create_server: at the descriptor limit libuv accepts
         # and closes queued connections unseen; the Acceptor pauses, logs and counts instead

@@ -16,7 +16,7 @@ from checkid.protocols.base import FlowControl, ServerState
 from checkid.protocols.msgpack_rpc import codec as rpc
 from checkid.protocols.postfix_policy import codec as pol
 from checkid.protocols.registry import protocol_factory
-from checkid.runtime.throttle import LogThrottle
+from checkid.throttle import LogThrottle
 from tests.conftest import run
 from tests.protocols.fakes import AUTHENT, Decider, connect, until
 from tests.protocols.test_base import Transport, ended, policy_request
