@@ -21,7 +21,7 @@ import json
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import msgpack
 
 from bench.workload import Request, Workload
 from checkid.protocols.milter import codec as milter_codec
-from checkid.protocols.milter.events import (Body, Connect, Data, EndOfHeaders, EndOfMessage, HeaderField, Helo, Mail,
+from checkid.protocols.milter.events import (Body, Command, Connect, Data, EndOfHeaders, EndOfMessage, HeaderField, Helo, Mail,
                                              OptNeg, Quit, Rcpt)
 from checkid.protocols.postfix_policy.codec import encode_request
 from testsupport.dnsserver import queries_asked
@@ -82,7 +82,7 @@ def policy_request(r: Request, n: int) -> bytes:
     return encode_request({
         "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
         "client_address": r.ip, "client_name": "unknown", "helo_name": r.helo, "sender": r.sender,
-        "recipient": r.rcpt, "instance": f"b{n}", "queue_id": "", "recipient_count": "0",
+        "recipient": r.rcpt, "instance": f"b{r.message}", "queue_id": "", "recipient_count": "0",
     })
 
 
@@ -90,35 +90,56 @@ def msgpack_request(r: Request, n: int) -> bytes:
     return msgpack.packb([0, n & 0x7FFFFFFF, "checkID", [r.ip, None, r.helo, r.sender, [r.rcpt]]])
 
 
-def milter_session(r: Request) -> list[bytes]:
+def milter_session(r: Request, more: Iterable[Request] = ()) -> list[bytes]:
+    """One whole session for the message of ``r``: an RCPT for it and each of ``more``
+    (the message's other recipients)."""
+    rcpts: list[Command] = [Rcpt((f"<{x.rcpt}>",)) for x in (r, *more)]
     cmds = [OptNeg(6, 0x1FF, 0x1FFFFF), Connect(r.helo, "4", 25, r.ip), Helo(r.helo), Mail((f"<{r.sender}>",)),
-            Rcpt((f"<{r.rcpt}>",)), Data(), HeaderField("From", r.sender), HeaderField("To", r.rcpt),
+            *rcpts, Data(), HeaderField("From", r.sender), HeaderField("To", r.rcpt),
             HeaderField("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage(), Quit()]
     return [milter_codec.encode_command(c) for c in cmds]
 
 
+def messages(requests: Iterable[Request]) -> Iterator[list[Request]]:
+    """The requests grouped by message (consecutive requests sharing ``message``)."""
+    group: list[Request] = []
+    for r in requests:
+        if group and r.message != group[0].message:
+            yield group
+            group = []
+        group.append(r)
+    if group:
+        yield group
+
+
 def write_trace(protocol: str, requests: Iterable[Request], path: Path) -> Path:
     """The requests in the client's file format: u32-length records (a milter session is a
-    u32 packet count, then u32-length packets)."""
+    u32 packet count, then u32-length packets). Policy and MessagePack-RPC: a record per
+    request (per recipient, as Postfix asks at RCPT time); milter: a session per message."""
     with open(path, "wb") as f:
-        for n, r in enumerate(requests):
-            if protocol == "milter":
-                packets = milter_session(r)
+        if protocol == "milter":
+            for group in messages(requests):
+                packets = milter_session(group[0], group[1:])
                 f.write(struct.pack("!I", len(packets)))
                 for packet in packets:
                     f.write(struct.pack("!I", len(packet)) + packet)
-            else:
-                record = policy_request(r, n) if protocol == "policy" else msgpack_request(r, n)
-                f.write(struct.pack("!I", len(record)) + record)
+            return path
+        for n, r in enumerate(requests):
+            record = policy_request(r, n) if protocol == "policy" else msgpack_request(r, n)
+            f.write(struct.pack("!I", len(record)) + record)
     return path
 
 
 def run(protocol: str, port: int, trace: Path, connections: int = 4, seconds: float = 10.0, rate: float = 0.0,
-        max_requests: int = 0, dns: str | None = None) -> Result:
-    """Drive ``port`` with ``trace`` (from :func:`write_trace`) and return what was measured."""
+        max_requests: int = 0, dns: str | None = None, unix: Path | None = None) -> Result:
+    """Drive ``port`` (or, for the milter, the unix socket ``unix``) with ``trace`` (from
+    :func:`write_trace`) and return what was measured."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
-    args = [str(client(protocol)), "127.0.0.1", str(port), str(connections), str(seconds)]
+    if unix is not None and protocol != "milter":
+        raise ValueError("only the milter client dials a unix socket")
+    host = "127.0.0.1" if unix is None else f"unix:{unix}"
+    args = [str(client(protocol)), host, str(port), str(connections), str(seconds)]
     if protocol == "milter":
         if rate:
             raise ValueError("the milter client plays sessions back to back; it takes no rate")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 import uvloop
 
@@ -59,21 +60,19 @@ def serve(protocol: str, sock: socket.socket) -> None:
     uvloop.run(main())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=("policy", "msgpack-rpc", "milter"), default="policy")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
+def prefork(port: int, workers: int, serve_one: Callable[[socket.socket], None]) -> None:
+    """Fork ``workers`` processes, each running ``serve_one`` on its own SO_REUSEPORT socket
+    bound to 127.0.0.1:``port`` (as checkid's runtime does); wait for them, passing SIGTERM
+    and SIGINT on."""
     children = []
-    for _ in range(args.workers):  # SO_REUSEPORT per worker, as checkid's runtime does
+    for _ in range(workers):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", args.port))
+        sock.bind(("127.0.0.1", port))
         sock.listen(1024)
         pid = os.fork()
         if pid == 0:
-            serve(args.protocol, sock)
+            serve_one(sock)
             os._exit(0)
         sock.close()
         children.append(pid)
@@ -82,8 +81,18 @@ def main() -> None:
         for child in children:
             os.kill(child, signal.SIGTERM)
     signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
     for pid in children:
         os.waitpid(pid, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=("policy", "msgpack-rpc", "milter"), default="policy")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    prefork(args.port, args.workers, lambda sock: serve(args.protocol, sock))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,27 @@ class Request:
     helo: str
     sender: str
     rcpt: str
+    #: the message it belongs to: requests of one message (one per recipient) share it
+    message: int = 0
+
+
+def registry_record(domain: str, spf_depth: int, ttl: int) -> str:
+    """The registry zone's line for a registered ``domain`` (SPF1 with its lookup count)."""
+    return f'{domain} {ttl} TXT "mth=SPF1+{spf_depth + 1} svc=S1:A,M2:A,H1:B"\n'
+
+
+def spf_records(name: str, depth: int, allow: str, final: str, ttl: int) -> list[str]:
+    """The SPF zone's lines for ``name`` (relative to DOMAINS), ``depth`` lookups deep: its
+    record includes _spf1, which redirects to _spf2, ..., the last allowing ``allow``;
+    ``final`` (``-all``, ``~all``) ends the domain's own record."""
+    chain = [f"_spf{k}.{name}" for k in range(1, depth)]
+    if not chain:
+        return [f'{name} {ttl} TXT "v=spf1 {allow} {final}"\n']
+    out = [f'{name} {ttl} TXT "v=spf1 include:{chain[0]}.{DOMAINS} {final}"\n']
+    for k, link in enumerate(chain):
+        nxt = f"redirect={chain[k + 1]}.{DOMAINS}" if k + 1 < len(chain) else f"{allow} -all"
+        out.append(f'{link} {ttl} TXT "v=spf1 {nxt}"\n')
+    return out
 
 
 class Workload:
@@ -67,7 +88,7 @@ class Workload:
         self.requests = []
         for n in range(requests):
             s = self.senders[min(len(self.senders) - 1, bisect.bisect(cumulative, rng.random() * total))]
-            self.requests.append(Request(s.cls, s.ip, s.helo, f"u{n % 97}@{s.domain}", f"user{n % 13}@example.org"))
+            self.requests.append(Request(s.cls, s.ip, s.helo, f"u{n % 97}@{s.domain}", f"user{n % 13}@example.org", n))
 
     @staticmethod
     def _sender(i: int, cls: str, network: ipaddress.IPv4Network, rng: random.Random) -> Sender:
@@ -78,25 +99,19 @@ class Workload:
 
     def zones(self) -> dict[str, str]:
         """Zone files by origin: registry, DNSBL and the senders' SPF data."""
+        # TTLs of an hour: longer than a bench run, so warm rows stay warm (cold.py decides each
+        # sender once, so no TTL matters there)
         soa = "@ 3600 SOA ns hostmaster 1 3600 600 86400 300\n@ 3600 NS ns\n"
         reg, dnsbl, spf = [soa], [soa], [soa]
         for s in self.senders:
             name = s.domain.removesuffix("." + DOMAINS)
             if s.cls == "spammer":
-                dnsbl.append(f"{'.'.join(reversed(s.ip.split('.')))} 300 A 127.0.0.2\n")
+                dnsbl.append(f"{'.'.join(reversed(s.ip.split('.')))} 3600 A 127.0.0.2\n")
             if s.cls != "unregistered":
-                reg.append(f'{s.domain} 3600 TXT "mth=SPF1+{s.spf_depth + 1} svc=S1:A,M2:A,H1:B"\n')
+                reg.append(registry_record(s.domain, s.spf_depth, 3600))
             allow = f"ip4:{s.ip}" if s.cls in ("pass", "timeout") else "ip4:192.0.2.0/24"
             final = {"softfail": "~all", "pass": "-all", "timeout": "-all"}.get(s.cls, "-all")
-            # the chain: the domain's record includes _spf1, which redirects to _spf2, ...
-            chain = [f"_spf{k}.{name}" for k in range(1, s.spf_depth)]
-            if chain:
-                spf.append(f'{name} 3600 TXT "v=spf1 include:{chain[0]}.{DOMAINS} {final}"\n')
-                for k, link in enumerate(chain):
-                    nxt = f"redirect={chain[k + 1]}.{DOMAINS}" if k + 1 < len(chain) else f"{allow} -all"
-                    spf.append(f'{link} 3600 TXT "v=spf1 {nxt}"\n')
-            else:
-                spf.append(f'{name} 3600 TXT "v=spf1 {allow} {final}"\n')
+            spf += spf_records(name, s.spf_depth, allow, final, 3600)
         return {REGISTRY: "".join(reg), DNSBL: "".join(dnsbl), DOMAINS: "".join(spf)}
 
     def faults(self) -> list[str]:

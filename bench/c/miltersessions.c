@@ -2,12 +2,14 @@
  *
  *   miltersessions HOST PORT CONNECTIONS SECONDS MAX_SESSIONS SESSIONS_FILE
  *
+ * HOST is 127.0.0.1 (TCP to PORT) or unix:/path (a unix socket; PORT is then ignored).
+ *
  * SESSIONS_FILE holds sessions, each: u32 count, then count commands, each u32 length +
  * the command's milter packet (bench/peers.py writes it). The first command must be
  * OPTNEG; the client reads the milter's reply and, like Postfix, then waits for a reply
  * only to commands the milter did not ask not to answer (NR_* bits), and at end of message
  * reads modifications until the verdict. One session at a time per connection (thread),
- * a new TCP connection per session, QUIT at the end. Stops after SECONDS or MAX_SESSIONS in
+ * a new connection per session, QUIT at the end. Stops after SECONDS or MAX_SESSIONS in
  * all (0 = no limit). Prints one line:
  *   sessions errors seconds p50_us p90_us p99_us p999_us
  * Loopback only.
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +35,7 @@ struct cmd { uint32_t len; const unsigned char *data; };
 struct session { uint32_t n; struct cmd *cmds; };
 
 static int port, nconn, nsess;
+static const char *unix_path; /* set: connect to this unix socket instead of TCP */
 static long max_sessions;
 static atomic_long started;
 static double seconds;
@@ -76,13 +80,19 @@ static uint32_t nr_bit(unsigned char code) {
 
 static int play(const struct session *s) {
     struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET; sa.sin_port = htons(port); inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1, ok = -1;
+    struct sockaddr_un su = {0};
+    int fd = socket(unix_path ? AF_UNIX : AF_INET, SOCK_STREAM, 0), one = 1, ok = -1;
     if (fd < 0) return -1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct timeval tv = {30, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) goto done;
+    if (unix_path) {
+        su.sun_family = AF_UNIX; strncpy(su.sun_path, unix_path, sizeof su.sun_path - 1);
+        if (connect(fd, (struct sockaddr *)&su, sizeof su) < 0) goto done;
+    } else {
+        sa.sin_family = AF_INET; sa.sin_port = htons(port); inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) goto done;
+    }
     uint32_t proto = 0;
     for (uint32_t i = 0; i < s->n; i++) {
         const struct cmd *c = &s->cmds[i];
@@ -139,7 +149,8 @@ static uint32_t u32(const unsigned char *p) { return (uint32_t)p[0] << 24 | p[1]
 
 int main(int argc, char **argv) {
     if (argc != 7) { fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS MAX_SESSIONS SESSIONS_FILE\n", argv[0]); return 2; }
-    if (strcmp(argv[1], "127.0.0.1")) { fprintf(stderr, "loopback only\n"); return 2; }
+    if (!strncmp(argv[1], "unix:", 5)) unix_path = argv[1] + 5;
+    else if (strcmp(argv[1], "127.0.0.1")) { fprintf(stderr, "loopback or a unix socket only\n"); return 2; }
     port = atoi(argv[2]); nconn = atoi(argv[3]); seconds = atof(argv[4]); max_sessions = atol(argv[5]);
     FILE *f = fopen(argv[6], "rb");
     if (!f) { perror(argv[6]); return 2; }
