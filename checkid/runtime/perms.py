@@ -20,14 +20,12 @@ that user must be able to read both (:func:`unreadable_by`).
 from __future__ import annotations
 
 import grp
-import logging
 import os
 import pwd
 import stat
 
 from checkid.errors import ConfigError
 
-log = logging.getLogger(__name__)
 
 #: root: may own anything the daemon reads, it could change it anyway
 ROOT_UID = 0
@@ -53,7 +51,6 @@ def check_private(path: str | os.PathLike[str], run_uid: int) -> None:
         seen.add(where)
         problem = _problem(where, run_uid, is_file=where == real)
         if problem is not None:
-            log.error("refusing %s: %s (StrictModes: only root or uid %d may change it)", given, problem, run_uid)
             raise ConfigError(f"{given}: {problem}: only root or uid {run_uid} may be able to change it")
 
 
