@@ -6,7 +6,8 @@ fake decider that never waits (it also runs the engine's input checks on what it
 and, for the front door, a fake backend. Every log line is formatted, as a handler would.
 The only outcomes allowed are replies, or the connection refused with a ProtocolError (an
 ``RpcError`` answer for a MessagePack-RPC call); any other exception is a crash, and an input
-that takes more than :data:`HANG_SECONDS` of CPU is a hang. Both are reported with the seed
+that takes more than :data:`HANG_SECONDS` of CPU, and more than
+:data:`HANG_SECONDS_PER_KIB` per KiB of it, is a hang. Both are reported with the seed
 and index that reproduce them (``CHECKID_FUZZ_SEED`` fixes the seed);
 :func:`tests.reliability.record` notes the figures.
 """
@@ -48,9 +49,14 @@ from tests.reliability import generators, record, size
 
 #: generated inputs per protocol: about 5 s of CPU in CI, 1,000,000 in full mode
 INPUTS = size(5_000, 1_000_000)
-#: an input whose handling takes more CPU than this is a hang: generous (the largest valid
-#: input takes a few milliseconds), since a machine's speed is no test's business
+#: an input whose handling takes more CPU than this, and more than HANG_SECONDS_PER_KIB for
+#: each KiB of it, is a hang: generous (the largest valid input takes a few milliseconds), since
+#: a machine's speed is no test's business. Per KiB, because an input may hold thousands of
+#: commands, each with its own work: 20 KB of repeated milter end-of-message packets are 2,000
+#: decisions, 0.5 s of CPU on a loaded machine (3.5 s once, for 70 KB, at a load of 7); what is
+#: looked for is work growing faster than the input (a quadratic loop, a stuck parser)
 HANG_SECONDS = 1.0
+HANG_SECONDS_PER_KIB = 0.2
 #: inputs per event-loop run (each run is bounded by tests.conftest.RUN_SECONDS)
 BATCH = 2_000
 #: crashes and hangs shown in a failure message
@@ -272,7 +278,7 @@ def fuzz(protocol: str, start: int, count: int, figures: Figures) -> None:
             cpu = time.process_time() - began
             if cpu * 1000 > figures.max_cpu_ms:
                 figures.max_cpu_ms, figures.slowest = cpu * 1000, f"{index} {item.kind}"
-            if cpu > HANG_SECONDS:
+            if cpu > max(HANG_SECONDS, HANG_SECONDS_PER_KIB * len(item.data) / 1024):
                 figures.hangs.append(describe(protocol, index, item, f"{cpu:.2f} s of CPU"))
     run(batch())
 
