@@ -16,13 +16,14 @@ SIGTERM/SIGINT: stop accepting, let each connection finish its work within
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import uvloop
@@ -41,6 +42,22 @@ log = logging.getLogger(__name__)
 
 #: seconds between LMDB sweeps of expired entries (done by slot 0 only)
 SWEEP_SECONDS = 60.0
+#: seconds between ``malloc_trim(0)`` calls. glibc returns freed heap to the kernel only
+#: from the top of its heap; what a burst freed below live blocks (a 10 MB message's
+#: buffers, a flood of connections) stays in the worker's RSS until trimmed. A trim of a
+#: worker with a full memory cache costs about 0.4 ms of CPU, then tens of microseconds
+TRIM_SECONDS = 30.0
+
+
+def heap_trimmer() -> Callable[[], int] | None:
+    """glibc's ``malloc_trim(0)`` (returns 1 when it gave memory back), or None where the C
+    library has none (musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return functools.partial(trim, 0)
 
 
 @dataclass
@@ -155,7 +172,8 @@ class Worker:
         spec, engine = self.spec, self.engine
         config = spec.config
         interval = min(1.0, config.server.heartbeat_timeout / 4, config.policy.reload_interval)
-        last_policy_check = last_sweep = time.monotonic()
+        last_policy_check = last_sweep = last_trim = time.monotonic()
+        trim = heap_trimmer()
         while True:
             now = time.monotonic()
             self._follow_flushes()
@@ -169,6 +187,9 @@ class Worker:
             if spec.slot == 0 and config.cache.shared and now - last_sweep >= SWEEP_SECONDS:
                 last_sweep = now
                 self.shared.sweep(limit=10_000)
+            if trim is not None and now - last_trim >= TRIM_SECONDS:
+                last_trim = now
+                trim()
             self._sync()
             await asyncio.sleep(interval)
 
