@@ -10,7 +10,9 @@ Before the policy, the ``[prescreen]`` skip lists (a logged-in client, a HELO na
 domain, recipients) accept a transaction at once: stage ``skip``, no DNS query. After it, in
 report mode (``[policy] mode = "report"``) a refusal (REJECT, TEMPFAIL, DISCARD) is delivered
 instead: an ACCEPT whose ``Authent:`` says ``would=REJECT`` and whose :attr:`Decision.would`
-holds the refusal. Bad input is refused in either mode: it is not a verdict on the mail but
+holds the refusal. A policy that declares the inputs it reads has its decisions memoized
+(:mod:`checkid.engine.memo`): the same inputs get the same decision, without running the
+policy, while every cached answer it used is valid. Bad input is refused in either mode: it is not a verdict on the mail but
 input the engine cannot judge (no address, oversize fields), and stays bounded.
 """
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hmac
 import logging
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,7 +37,8 @@ from checkid.engine.context import Auth, Context
 from checkid.engine.decision import Action, BodySink, Decision, Envelope, Header
 from checkid.engine.dns.cache import Cache, MemoryCache
 from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
-from checkid.engine.policy import DEFAULT_PATH, PolicyHolder
+from checkid.engine.memo import RECORDING, DecisionMemo, Recording, RecordingCache, RecordingCounter
+from checkid.engine.policy import DEFAULT_PATH, Policy, PolicyHolder
 from checkid.engine.result import RANK, SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
@@ -84,10 +86,12 @@ class Engine:
         self.config = config = config or Config()
         self.clock = clock
         #: plain counters keyed (name, *labels) (checkid.runtime.metrics.COUNTERS)
-        self.counts: Counter[tuple[str, ...]] = Counter()
+        self.counts: RecordingCounter = RecordingCounter()
         self.observer = observer
         self.cache = cache if cache is not None else MemoryCache(config.dns.cache_size)
-        dns = DnsClient(config.dns, self.cache, clock, self.counts,
+        # the stages' view of the cache: it tells a decision being memoized what it used
+        recorded = RecordingCache(self.cache)
+        dns = DnsClient(config.dns, recorded, clock, self.counts,
                         observer.observe_dns if observer is not None else None)
         authserv_id = config.headers.authserv_id or socket.getfqdn()
         path = config.reputation.recipient_thresholds
@@ -103,13 +107,16 @@ class Engine:
                 "blacklist", tuple(iplists.load_file(f) for f in config.blacklist.block_files),
                 config.blacklist.dnsbl, self.counts,
             ),
-            spf=SpfChecker(dns, self.cache, clock, authserv_id, config.dns.max_ttl),
+            spf=SpfChecker(dns, recorded, clock, authserv_id, config.dns.max_ttl),
             dkim=DkimVerifier(dns, config.dkim, self.counts),
             thresholds=RecipientThresholds.load(path) if path else RecipientThresholds(),
             counts=self.counts,
             authserv_id=authserv_id,
         )
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
+        #: the memo of the policy serving, when it declares its inputs; remade when it changes
+        self._memo: DecisionMemo | None = None
+        self._memo_policy: Policy | None = None
         self.skip = SkipList(config.prescreen)
         self._report = config.policy.mode == "report"
         self._hash_addresses = config.policy.log_addresses == "hashed"
@@ -117,6 +124,20 @@ class Engine:
         self._remove = frozenset(n.lower() for n in config.headers.remove)
         #: the authserv-ids that are this site's; "" (none can be read) fails closed
         self._site_ids = frozenset(i.lower() for i in ("", authserv_id, *config.headers.site_ids))
+
+    def forget_decisions(self) -> None:
+        """Drop every memoized decision: after a cache flush (whole or of one name), or a
+        change of what decisions read besides DNS (the recipient thresholds)."""
+        if self._memo is not None:
+            self._memo.clear()
+
+    def _memo_for(self, policy: Policy) -> DecisionMemo | None:
+        """The memo for ``policy``: a new one when the policy changed (a reload)."""
+        if policy is not self._memo_policy:
+            self._memo_policy = policy
+            self._memo = None if policy.inputs is None else DecisionMemo(
+                policy.inputs, self.services.thresholds.key_for)
+        return self._memo
 
     def recipient_class(self, rcpt: str) -> str:
         """The class of ``rcpt`` ("" for most): recipients of one class share a decision,
@@ -185,23 +206,36 @@ class Engine:
             self.counts[("skipped", skipped)] += 1
             ctx.log("skip", f"{skipped}: accepted unchecked")
             return ctx.accept("skip", SKIPPED, reason=skipped)
+        policy = self.policy.current
+        memo = self._memo_for(policy)
+        recording: Recording | None = None
+        if memo is not None and trace is None and not envelope.headers and envelope.body is None:
+            key = memo.key(ctx)
+            kept = memo.get(key, self.clock(), self.counts)
+            if kept is not None:
+                return kept
+            recording = Recording()
         token = DEADLINE.set(asyncio.get_running_loop().time() + self.config.dns.decision_timeout)
+        recording_token = RECORDING.set(recording)
         try:
-            decision = await self.policy.current.decide(ctx)
+            decision = await policy.decide(ctx)
         except DeadlineExceeded:
             decision = ctx.temperror("deadline")
         except Exception:
             self.counts[("policy_errors",)] += 1
-            log.exception("policy %s failed for ip=%s id=%s", self.policy.current.path, ctx.ip_text, ctx.identity)
+            log.exception("policy %s failed for ip=%s id=%s", policy.path, ctx.ip_text, ctx.identity)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
         finally:
+            RECORDING.reset(recording_token)
             DEADLINE.reset(token)
         if not isinstance(decision, Decision):
             self.counts[("policy_errors",)] += 1
-            log.error("policy %s returned %r, not a Decision", self.policy.current.path, type(decision).__name__)
+            log.error("policy %s returned %r, not a Decision", policy.path, type(decision).__name__)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
+        if recording is not None and memo is not None:
+            memo.put(key, decision, recording, self.clock())
         return decision
 
     def _delivered(self, refusal: Decision, env: Envelope) -> Decision:
@@ -230,10 +264,12 @@ class Engine:
         ip = validate.parse_ip(env.ip) if len(env.ip) <= 64 else None
         if ip is None:
             return bad_input(f"Unparseable client address {env.ip[:64]!r}", 550, "5.7.0")
-        for what, value in (("HELO name", env.helo), ("sender address", env.sender)):
-            if value is not None and len(value) > validate.MAX_ADDRESS:
-                return bad_input(f"{what} longer than {validate.MAX_ADDRESS} characters")
-        if len(env.rcpts) > validate.MAX_RCPTS or any(len(r) > validate.MAX_ADDRESS for r in env.rcpts):
+        # written out, not looped over: this runs for every transaction
+        if env.helo is not None and len(env.helo) > validate.MAX_ADDRESS:
+            return bad_input(f"HELO name longer than {validate.MAX_ADDRESS} characters")
+        if env.sender is not None and len(env.sender) > validate.MAX_ADDRESS:
+            return bad_input(f"sender address longer than {validate.MAX_ADDRESS} characters")
+        if len(env.rcpts) > validate.MAX_RCPTS or max(map(len, env.rcpts), default=0) > validate.MAX_ADDRESS:
             return bad_input("Too many or oversize recipients", 552, "5.5.3")
         if env.id:  # an empty ID is no ID
             identity = validate.domain(env.id) if len(env.id) <= validate.MAX_DOMAIN + 1 else None

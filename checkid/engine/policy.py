@@ -5,6 +5,10 @@ does not compile, fails while executing, lacks ``decide`` or breaks the table co
 (:mod:`checkid.engine.policytables`) is refused with a :class:`PolicyError`, and the policy
 already loaded keeps serving.
 
+A policy that defines ``DECISION_INPUTS`` (the envelope inputs it reads, names from
+:data:`checkid.engine.memo.INPUTS`) opts in to the decision memo (:mod:`checkid.engine.memo`);
+an unknown name is refused like a broken table.
+
 A policy remembers the text it was compiled from (:attr:`Policy.source`): a process that
 starts while the file on disk is broken can start on the last good text instead
 (:class:`PolicyHolder`'s ``fallback``), so a refused edit never turns a restart into an outage.
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkid.engine import policytables
+from checkid.engine import memo, policytables
 from checkid.errors import PolicyError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "policy" / "default.py"
@@ -41,6 +45,9 @@ class Policy:
     stamp: tuple[int, int]
     #: the text that was compiled
     source: bytes
+    #: the inputs the policy declares it reads (``DECISION_INPUTS``): its decisions may be
+    #: memoized by them. None: it declares nothing, and every decision runs it
+    inputs: frozenset[str] | None = None
 
 
 _loaded = 0
@@ -81,9 +88,16 @@ def compile_policy(path: str | Path, source: bytes, stamp: tuple[int, int] = NO_
     if not inspect.iscoroutinefunction(decide):
         raise PolicyError(f"{path}: decide must be 'async def decide(ctx)'")
     problems = policytables.problems(module.__dict__)
+    inputs: frozenset[str] | None = None
+    if "DECISION_INPUTS" in module.__dict__:
+        checked = memo.check_inputs(module.__dict__["DECISION_INPUTS"])
+        if isinstance(checked, str):
+            problems.append(checked)
+        else:
+            inputs = checked
     if problems:
         raise PolicyError(f"{path}: {'; '.join(problems)}")
-    return Policy(path, decide, module, stamp, source)
+    return Policy(path, decide, module, stamp, source, inputs)
 
 
 class PolicyHolder:

@@ -45,6 +45,12 @@ THRESHOLDS = {
     "reject_max": -1.0,
 }
 
+#: the envelope inputs this flow reads (through the stages below): the engine may then
+#: remember a decision for the same inputs while every DNS answer it used is valid
+#: (checkid.engine.memo). Add any other input a copy reads (``id``, ``recipients``,
+#: ``authenticated``), or delete the line to run decide() for every transaction.
+DECISION_INPUTS = ("ip", "helo", "sender", "recipient_class")
+
 #: only a record of this ID status or higher may lead to REJECT on failed authentication
 #: (1..8: default records; 9: authoritative; 10: no record may)
 REJECT_STATUS = 7

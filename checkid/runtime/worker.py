@@ -211,11 +211,13 @@ class Worker:
             return
         if None in names:
             self.memory.flush()
+            self.engine.forget_decisions()  # memoized decisions read what was flushed
             log.info("worker %d: memory cache flushed", self.spec.slot)
             return
         for name in filter(None, names):
             gone = self.memory.drop(functools.partial(_mentioned, name))
             log.info("worker %d: %d cache entries for %s flushed", self.spec.slot, gone, name)
+        self.engine.forget_decisions()
 
     def _check_policy(self) -> None:
         engine = self.engine

@@ -39,21 +39,27 @@ class RequestParser:
 
     def receive_data(self, data: bytes) -> None:
         buf = self._buffer
-        split_crlf = buf.endswith(b"\r")  # a CR at the end of the last chunk may pair with this LF
-        buf += data
-        if split_crlf or b"\r" in data:
-            buf[:] = buf.replace(b"\r\n", b"\n")
-        start, size = 0, len(buf)
+        if buf or b"\r" in data:
+            split_crlf = buf.endswith(b"\r")  # a CR at the end of the last chunk may pair with this LF
+            buf += data
+            if split_crlf or b"\r" in data:
+                buf[:] = buf.replace(b"\r\n", b"\n")
+            data = bytes(buf)
+            buf.clear()
+        # the usual read, whole requests with nothing held before, is cut without a copy
+        # into the buffer: only what is left of a request begun is kept there
+        start, size = 0, len(data)
         while True:
-            while start < size and buf[start] == 10:  # blank lines between requests
+            while start < size and data[start] == 10:  # blank lines between requests
                 start += 1
-            end = buf.find(b"\n\n", start)
+            end = data.find(b"\n\n", start)
             if end < 0:
                 break
-            self._ready.append(_request(bytes(buf[start:end + 1])))
+            self._ready.append(_request(data[start:end + 1]))
             self.completed += 1
             start = end + 2
-        del buf[:start]
+        if start < size:
+            buf += data[start:]
         if len(buf) > MAX_REQUEST:
             raise ProtocolError(f"policy request larger than {MAX_REQUEST} bytes")
 
@@ -85,14 +91,21 @@ def _request(block: bytes) -> Request:
         raise ProtocolError(f"policy request larger than {MAX_REQUEST} bytes")
     if b"\0" in block:
         raise ProtocolError("NUL byte in policy request")
-    attrs: Request = {}
-    for line in block.decode("utf-8", "replace").split("\n")[:-1]:
-        name, sep, value = line.partition("=")
-        if not sep or not name:
-            raise ProtocolError(f"policy line is not name=value: {line[:60]!r}")
-        if len(line) > MAX_LINE:
-            raise ProtocolError(f"policy line longer than {MAX_LINE} characters")
-        attrs[name] = value
+    lines = block.decode("utf-8", "replace").split("\n")
+    del lines[-1]
+    # the common case in one pass of C code; on any doubt, the line-by-line check below
+    # finds the first bad line and says what is wrong with it
+    try:
+        attrs: Request = dict([line.split("=", 1) for line in lines])
+    except ValueError:
+        attrs = {"": ""}  # a line without "=": found below
+    if "" in attrs or (len(block) > MAX_LINE and max(map(len, lines)) > MAX_LINE):
+        for line in lines:
+            name, sep, _value = line.partition("=")
+            if not sep or not name:
+                raise ProtocolError(f"policy line is not name=value: {line[:60]!r}")
+            if len(line) > MAX_LINE:
+                raise ProtocolError(f"policy line longer than {MAX_LINE} characters")
     if len(attrs) > MAX_ATTRIBUTES:
         raise ProtocolError(f"policy request with more than {MAX_ATTRIBUTES} attributes")
     return attrs
