@@ -15,6 +15,9 @@ the kernel send a reset, which can destroy answers the peer has not read yet.
 
 Time is a parameter: :class:`FlowControl` and the sessions compute deadlines from a given
 ``now`` (``get_timer()`` / ``handle_timer(now)``); only :class:`Server` arms ``loop.call_at``.
+A new connection's timer is armed by one shared sweep of :class:`ServerState`, ``TIMER_DELAY``
+after it began, unless a deadline comes sooner: most connections (a milter session, a
+request or two) are over by then and never arm a timer of their own.
 """
 from __future__ import annotations
 
@@ -41,6 +44,10 @@ LINGER = 2.0
 #: at once, and its new connection may be taken by a worker whose own SIGTERM is on its way
 #: (back-to-back reloads); closing that one unasked would lose the retried request
 FIRST_REQUEST_WAIT = 2.0
+#: a new connection's timer is left to the state's next sweep, at most this long after it
+#: began, when its first deadline is later (the idle one: minutes); arming a loop timer and
+#: cancelling it at the close costs a connection about as much as its milter session's framing
+TIMER_DELAY = 1.0
 
 
 class ServerState:
@@ -77,6 +84,10 @@ class ServerState:
         self._throttles: dict[str, LogThrottle] = {}
         #: open connections by listener (the value the registry's factory gives each one)
         self.by_listener: Counter[object] = Counter()
+        #: connections whose timer the next sweep arms, and that sweep's timer and time
+        self._unarmed: set[Server] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
 
     def log_ready(self, kind: str, now: float) -> int | None:
         """Whether a line about ``kind`` may be written now (see :class:`LogThrottle`)."""
@@ -116,7 +127,23 @@ class ServerState:
         if self.closing:  # accepted in the same loop turn as the shutdown
             connection.shutdown()
 
+    def arm_later(self, connection: Server, loop: asyncio.AbstractEventLoop) -> float:
+        """Have the next sweep arm ``connection``'s timer (:meth:`Server.arm_timer`); returns
+        when it runs (at most ``TIMER_DELAY`` from now): a deadline before it must be armed
+        now."""
+        self._unarmed.add(connection)
+        if self._sweep is None:
+            self._sweep_at = loop.time() + TIMER_DELAY
+            self._sweep = loop.call_at(self._sweep_at, self._arm_unarmed)
+        return self._sweep_at
+
+    def _arm_unarmed(self) -> None:
+        unarmed, self._unarmed, self._sweep = self._unarmed, set(), None
+        for connection in unarmed:
+            connection.timer_swept()
+
     def remove(self, connection: Server) -> None:
+        self._unarmed.discard(connection)
         self.hold(connection, 0)
         if connection in self.connections:
             self.connections.remove(connection)
@@ -288,6 +315,8 @@ class Server(asyncio.Protocol):
         #: half-closed by us (:meth:`finish`): what the peer still sends is read and dropped
         self.draining = False
         self._timer: asyncio.TimerHandle | None = None
+        #: until then, a deadline no earlier is armed by the state's sweep (None: armed here)
+        self._swept_at: float | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._first_wait: asyncio.TimerHandle | None = None
 
@@ -299,6 +328,7 @@ class Server(asyncio.Protocol):
         self.flow = FlowControl(self.transport, self.idle_timeout, self.max_in_flight, self.in_flight,
                                 self.loop.time(), self.buffered, self.max_buffered, self.request_timeout)
         self.state.add(self)
+        self._swept_at = self.state.arm_later(self, self.loop)
         self.arm_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -420,7 +450,14 @@ class Server(asyncio.Protocol):
             if self._timer.when() <= when:
                 return
             self._timer.cancel()
+        elif self._swept_at is not None and when >= self._swept_at:
+            return  # the state's sweep arms it in time
         self._timer = self.loop.call_at(when, self._on_timer)
+
+    def timer_swept(self) -> None:
+        """The state's sweep: from now on this connection arms its own timer."""
+        self._swept_at = None
+        self.arm_timer()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -17,9 +17,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def start(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-    """Run ``coro`` until it suspends or ends; return a Future (a Task if it suspended)."""
-    loop = asyncio.get_running_loop()
+def start(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[T]:
+    """Run ``coro`` until it suspends or ends; return a Future (a Task if it suspended).
+
+    :param loop: the running loop, when the caller has it (on 3.11 finding it costs a
+        ``getpid`` system call per call)
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     try:
         yielded = context.run(coro.send, None)

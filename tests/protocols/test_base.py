@@ -402,3 +402,29 @@ def test_flow_reading_pauses_while_too_many_bytes_wait_unhandled():
     buffered[0] = 10
     flow.update()
     assert below and paused and t.reading
+
+
+def test_a_new_connection_leaves_its_idle_timer_to_the_states_sweep(monkeypatch):
+    async def go():
+        state = ServerState()
+        proto = make("milter", Decider(), state)
+        connect(proto)
+        proto.data_received(MILTER_OPEN)
+        own_before = proto._timer
+        await asyncio.sleep(base.TIMER_DELAY + 0.05)
+        return own_before, proto._timer, proto.get_timer()
+
+    monkeypatch.setattr(base, "TIMER_DELAY", 0.05)
+    before, after, deadline = run(go())
+    assert before is None  # its idle deadline is far later than the sweep
+    assert after is not None and after.when() == deadline  # armed by the sweep
+
+
+def test_a_deadline_before_the_sweep_is_armed_at_once(monkeypatch):
+    async def go():
+        proto = make("milter", Decider())
+        connect(proto)
+        return proto._timer
+
+    monkeypatch.setattr(base, "TIMER_DELAY", IDLE + 10)
+    assert run(go()) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from checkid.errors import ProtocolError
 from checkid.protocols.milter.events import (DISPOSITION_CODES, Abort, AddHeader, AddRecipient, Body, ChangeFrom,
@@ -38,20 +39,31 @@ class Framer:
 
     def feed(self, data: bytes) -> None:
         buf = self._buffer
-        buf += data
-        start = 0
-        while len(buf) - start >= 4:
-            (length,) = _LEN.unpack_from(buf, start)
-            if length == 0 or length > self.max_packet:
-                raise ProtocolError(f"milter packet length {length} out of range 1..{self.max_packet}")
-            if len(buf) - start - 4 < length:
+        if buf:  # the rest of a packet begun: framed from the buffer once it is whole
+            buf += data
+            if len(buf) < 4 or len(buf) - 4 < self._length(buf, 0):
+                return
+            data = bytes(buf)
+            buf.clear()
+        packets, size, start = self._packets, len(data), 0
+        while size - start >= 4:
+            length = self._length(data, start)
+            end = start + 4 + length
+            if end > size:
                 break
-            body = bytes(buf[start + 4:start + 4 + length])
-            self._packets.append((body[:1], body[1:]))
+            packets.append((data[start + 4:start + 5], data[start + 5:end]))
             self._framed_bytes += length
             self.completed += 1
-            start += 4 + length
-        del buf[:start]
+            start = end
+        if start < size:
+            buf += memoryview(data)[start:]
+
+    def _length(self, data: bytes | bytearray, start: int) -> int:
+        """The length of the packet at ``start``. :raises ProtocolError: out of range"""
+        (length,) = _LEN.unpack_from(data, start)
+        if length == 0 or length > self.max_packet:
+            raise ProtocolError(f"milter packet length {length} out of range 1..{self.max_packet}")
+        return length
 
     def next_packet(self) -> tuple[bytes, bytes] | None:
         if not self._packets:
@@ -89,97 +101,107 @@ def _strings(payload: bytes, what: str) -> list[str]:
 
 def decode_command(code: bytes, payload: bytes) -> Command:
     """One MTA packet as an event. :raises ProtocolError: on an unknown code or bad payload"""
-    if code == b"O":
-        if len(payload) < 12:
-            raise ProtocolError("OPTNEG shorter than 12 bytes")
-        return OptNeg(*_OPTNEG.unpack_from(payload))
-    if code == b"D":
-        if not payload:
-            raise ProtocolError("MACRO without a stage")
-        items = _strings(payload[1:], "MACRO")
-        if len(items) % 2:
-            items.append("")  # a name with no value: libmilter takes it as empty
-        return Macro(payload[:1], tuple(zip(items[::2], items[1::2])))
-    if code == b"C":
-        end = payload.find(b"\0")
-        if end < 0 or len(payload) < end + 2:
-            raise ProtocolError("CONNECT without hostname and family")
-        host = payload[:end].decode("utf-8", "surrogateescape")
-        family = chr(payload[end + 1])
-        rest = payload[end + 2:]
-        if family == "U":
-            return Connect(host, family)
-        if len(rest) < 3:
-            raise ProtocolError("CONNECT without port and address")
-        (port,) = struct.unpack_from("!H", rest)
-        address = _strings(rest[2:], "CONNECT address")
-        return Connect(host, family, port, address[0] if address else "")
-    if code in (b"H", b"U"):
-        strings = _strings(payload, "HELO" if code == b"H" else "UNKNOWN")
-        text = strings[0] if strings else ""
-        return Helo(text) if code == b"H" else Unknown(text)
-    if code in (b"M", b"R"):
-        args = tuple(_strings(payload, "MAIL/RCPT"))
-        if not args:
-            raise ProtocolError("MAIL/RCPT without an address")
-        return Mail(args) if code == b"M" else Rcpt(args)
-    if code == b"L":
-        strings = _strings(payload, "HEADER")
-        if len(strings) != 2:
-            raise ProtocolError("HEADER is not name and value")
-        return HeaderField(strings[0], strings[1])
-    simple: dict[bytes, Command] = {b"T": Data(), b"N": EndOfHeaders(), b"A": Abort(), b"Q": Quit(),
-                                    b"K": QuitNoClose()}
-    if code in simple:
-        return simple[code]
-    if code == b"B":
-        return Body(payload)
-    if code == b"E":
-        return EndOfMessage(payload)
-    raise ProtocolError(f"unknown milter command {code!r}")
+    decoder = _DECODERS.get(code)
+    if decoder is None:
+        raise ProtocolError(f"unknown milter command {code!r}")
+    return decoder(payload)
 
 
-class CommandParser:
-    """MTA bytes in, command events out."""
+def _optneg(payload: bytes) -> Command:
+    if len(payload) < 12:
+        raise ProtocolError("OPTNEG shorter than 12 bytes")
+    return OptNeg(*_OPTNEG.unpack_from(payload))
 
-    def __init__(self, max_packet: int = MAX_PACKET) -> None:
-        self._framer = Framer(max_packet)
+
+def _macro(payload: bytes) -> Command:
+    if not payload:
+        raise ProtocolError("MACRO without a stage")
+    items = _strings(payload[1:], "MACRO")
+    if len(items) % 2:
+        items.append("")  # a name with no value: libmilter takes it as empty
+    return Macro(payload[:1], tuple(zip(items[::2], items[1::2])))
+
+
+def _connect(payload: bytes) -> Command:
+    end = payload.find(b"\0")
+    if end < 0 or len(payload) < end + 2:
+        raise ProtocolError("CONNECT without hostname and family")
+    host = payload[:end].decode("utf-8", "surrogateescape")
+    family = chr(payload[end + 1])
+    rest = payload[end + 2:]
+    if family == "U":
+        return Connect(host, family)
+    if len(rest) < 3:
+        raise ProtocolError("CONNECT without port and address")
+    (port,) = struct.unpack_from("!H", rest)
+    address = _strings(rest[2:], "CONNECT address")
+    return Connect(host, family, port, address[0] if address else "")
+
+
+def _helo(payload: bytes) -> Command:
+    strings = _strings(payload, "HELO")
+    return Helo(strings[0] if strings else "")
+
+
+def _unknown(payload: bytes) -> Command:
+    strings = _strings(payload, "UNKNOWN")
+    return Unknown(strings[0] if strings else "")
+
+
+def _envelope_args(payload: bytes) -> tuple[str, ...]:
+    args = tuple(_strings(payload, "MAIL/RCPT"))
+    if not args:
+        raise ProtocolError("MAIL/RCPT without an address")
+    return args
+
+
+def _header(payload: bytes) -> Command:
+    strings = _strings(payload, "HEADER")
+    if len(strings) != 2:
+        raise ProtocolError("HEADER is not name and value")
+    return HeaderField(strings[0], strings[1])
+
+
+def _constant(command: Command) -> Callable[[bytes], Command]:
+    """The decoder of a command without payload (one immutable event serves them all)."""
+    return lambda payload: command
+
+
+#: command code -> its payload's decoder
+_DECODERS: dict[bytes, Callable[[bytes], Command]] = {
+    b"O": _optneg, b"D": _macro, b"C": _connect, b"H": _helo, b"U": _unknown,
+    b"M": lambda payload: Mail(_envelope_args(payload)), b"R": lambda payload: Rcpt(_envelope_args(payload)),
+    b"L": _header, b"T": _constant(Data()), b"N": _constant(EndOfHeaders()), b"A": _constant(Abort()),
+    b"Q": _constant(Quit()), b"K": _constant(QuitNoClose()), b"B": Body, b"E": EndOfMessage,
+}
+
+class CommandParser(Framer):
+    """MTA bytes in, command events out (a :class:`Framer` whose packets come out decoded:
+    ``pending`` commands, ``pending_bytes``, ``unfinished`` and ``completed`` as framed)."""
 
     def receive_data(self, data: bytes) -> None:
-        self._framer.feed(data)
+        self.feed(data)
 
     def next_event(self) -> Command | None:
-        packet = self._framer.next_packet()
-        return None if packet is None else decode_command(*packet)
-
-    @property
-    def pending(self) -> int:
-        """Commands received and not yet taken with :meth:`next_event`."""
-        return self._framer.pending
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes received and not yet taken as commands."""
-        return self._framer.pending_bytes
-
-    @property
-    def unfinished(self) -> int:
-        """Bytes held of the packet begun and not complete (0: between packets)."""
-        return self._framer.unfinished
-
-    @property
-    def completed(self) -> int:
-        """Packets received whole so far."""
-        return self._framer.completed
+        packets = self._packets
+        if not packets:
+            return None
+        code, payload = packets.popleft()
+        self._framed_bytes -= 1 + len(payload)
+        return decode_command(code, payload)
 
 
 def _z(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\0"
 
 
+#: the packet of each disposition (CONTINUE and ACCEPT go out in every session)
+_DISPOSITION_PACKETS = {code: frame(code) for code in DISPOSITION_CODES}
+
+
 def encode_response(response: Response) -> bytes:
     if isinstance(response, Disposition):
-        return frame(response.code)
+        return _DISPOSITION_PACKETS.get(response.code) or frame(response.code)
     if isinstance(response, ReplyCode):
         return frame(b"y", _z(response.text))
     if isinstance(response, InsertHeader):

@@ -1,9 +1,13 @@
 """The asyncio adapter for the milter protocol.
 
 Commands are answered strictly in order: each is handled as soon as the one before it is
-answered, with no task per connection (a warm one completes at once). Every command's
-responses (modifications + verdict at end of message) go out in one write, on a
-TCP_NODELAY socket (reference/milter.md §13: the Nagle stall). Reading pauses while
+answered, with no task per connection. A command that needs no decision is handled by a
+plain call; one that does is driven at once (:func:`eager.start`; a warm decision completes
+without suspending) and only one that waits on a lookup becomes a Task. The responses to
+every command handled from one read (modifications + verdict at end of message included) go
+out in one write, on a TCP_NODELAY socket (reference/milter.md §13: the Nagle stall; both
+uvloop and asyncio set it on every TCP connection). After QUIT, which the MTA sends last and
+expects no answer to, the connection closes at once. Reading pauses while
 ``MAX_QUEUED`` commands, or ``MAX_QUEUED_BYTES`` of them, wait (the MTA sends a message's
 headers and body without waiting for replies while a decision is pending): what waits stays
 in the MTA's socket, and a body is streamed to the engine's sink as it is handled, never
@@ -20,7 +24,6 @@ must arrive whole within the request deadline of its first byte.
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from checkid.errors import ProtocolError
 from checkid.protocols import eager
@@ -52,12 +55,8 @@ class MilterProtocol(Server):
         self.parser = CommandParser()
         #: the command being handled, while it waits (for a decision)
         self.current: asyncio.Future[list[Response]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
+        #: responses encoded and not yet written: one write per batch of commands handled
+        self._out: list[bytes] = []
 
     def in_flight(self) -> int:
         return self.parser.pending + (self.current is not None)
@@ -72,26 +71,40 @@ class MilterProtocol(Server):
         return self.parser.completed
 
     def dispatch(self) -> None:
-        """Handle the queued commands in order until one has to wait."""
+        """Handle the queued commands in order until one has to wait; write their responses
+        in one go."""
         now = self.loop.time()
+        session, parser = self.session, self.parser
         while self.current is None and not self.closed:
-            if self.closing and not self.session.in_message:
+            if self.closing and not session.in_message:
+                self._flush()
                 return self.finish()
             try:
-                command = self.parser.next_event()
+                command = parser.next_event()
             except ProtocolError as e:
+                self._flush()
                 return self.refuse(e)
             except Exception as e:  # noqa: BLE001 - a payload the decoder did not foresee
+                self._flush()
                 return self.undecodable(e)
             if command is None:
                 break
-            handling = eager.start(self.session.handle(command, now))
+            try:
+                reaction = session.step(command, now)
+            except Exception as e:  # noqa: BLE001 - ProtocolError or a bug of ours: see _failed
+                return self._failed(e)
+            if isinstance(reaction, list):
+                self._queue(reaction)
+                continue
+            handling = eager.start(reaction, self.loop)
             if not handling.done():
                 self.current = handling
                 handling.add_done_callback(self._handled)
+                self._flush()
                 self.arm_timer()  # a decision at end of message has a PROGRESS deadline
                 break
             self._answer(handling)
+        self._flush()
         self.flow.update()
 
     def _handled(self, handling: asyncio.Future[list[Response]]) -> None:
@@ -102,14 +115,39 @@ class MilterProtocol(Server):
 
     def _answer(self, handling: asyncio.Future[list[Response]]) -> None:
         error = handling.exception()
+        if error is not None:
+            return self._failed(error)
+        self._queue(handling.result())
+
+    def _queue(self, responses: list[Response]) -> None:
+        """Encode ``responses`` for the next write; after QUIT, write and close."""
+        if responses:
+            self._out += [encode_response(r) for r in responses]
+        if self.session.closed:
+            self._flush()
+            self._quit()
+
+    def _quit(self) -> None:
+        """The MTA sent QUIT: it has read every answer it waited for and expects none more,
+        so the connection closes at once, without the half-close and linger of
+        :meth:`Server.finish` (whatever follows QUIT, as a second QUIT, is not read)."""
+        self.close()
+
+    def _failed(self, error: BaseException) -> None:
+        """Handling a command raised: a :class:`ProtocolError` refuses the stream, anything
+        else is a bug of ours; either way, the responses due before it go out first."""
+        self._flush()
         if isinstance(error, ProtocolError):
             return self.refuse(error)
-        if error is not None:
-            self.internal_error(error, "internal error; closing")
-            return self.close()
-        self._write(handling.result())
-        if self.session.closed:
-            self.finish()
+        self.internal_error(error, "internal error; closing")
+        self.close()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            if not self.closed and not self.transport.is_closing():
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write(self, responses: list[Response]) -> None:
         if responses and not self.closed and not self.transport.is_closing():

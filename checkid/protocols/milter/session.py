@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,19 @@ MAX_RCPTS = 10_000
 #: their bytes: 10,000 of RFC 5321's longest path (256 octets, §4.5.3.1.3) are 2.5 MiB
 MAX_RCPT_BYTES = 4 * 1024 * 1024
 
+#: what a command's handler gives: its responses, or (when it asks for a decision) the
+#: coroutine that makes them
+Reaction = list[Response] | Coroutine[Any, Any, list[Response]]
+
+
+#: the no-reply and header bits as plain ints (tested on every command)
+_NR_CONN, _NR_HELO, _NR_UNKN, _NR_DATA = int(Proto.NR_CONN), int(Proto.NR_HELO), int(Proto.NR_UNKN), int(Proto.NR_DATA)
+_NR_HDR, _NR_EOH, _NR_BODY, _HDR_LEADSPC = (int(Proto.NR_HDR), int(Proto.NR_EOH), int(Proto.NR_BODY),
+                                            int(Proto.HDR_LEADSPC))
+_WANTED_ACTIONS, _WANTED_PROTOCOL = int(WANTED_ACTIONS), int(WANTED_PROTOCOL)
+_ADDHDRS, _CHGHDRS, _QUARANTINE, _SETSYMLIST = (int(Flag.ADDHDRS), int(Flag.CHGHDRS), int(Flag.QUARANTINE),
+                                                int(Flag.SETSYMLIST))
+
 
 class State(enum.Enum):
     #: waiting for OPTNEG, the first packet of every connection
@@ -148,7 +161,7 @@ class Transaction:
     headers_complete: bool = True
     #: headers seen so far by lower-case name (all of them, also those not kept), up to
     #: ``MAX_HEADER_NAMES`` names of ``MAX_HEADER_NAME_BYTES``
-    seen: Counter[str] = field(default_factory=Counter)
+    seen: dict[str, int] = field(default_factory=dict)
     seen_bytes: int = 0
     #: the forged headers to delete: (name, 1-based index among the headers of that name)
     forged: list[tuple[str, int]] = field(default_factory=list)
@@ -170,8 +183,11 @@ class MilterSession:
         #: the MTA refused CHGHDRS and that was logged (once per connection)
         self._warned_chghdrs = False
         self.state = State.NEGOTIATE
+        #: the negotiated ``Flag`` bits (a plain int)
         self.actions = 0
+        #: the negotiated ``Proto`` bits (a plain int; ``_protocol_bits`` is the same, read per command)
         self.protocol = 0
+        self._protocol_bits = 0
         self.conn = Connection()
         self.tx = Transaction()
         #: set by QUIT: the MTA closes; so may we
@@ -180,25 +196,28 @@ class MilterSession:
         self._now = 0.0
         #: when the next PROGRESS is due (a decision at end of message is pending), else None
         self._progress_at: float | None = None
-        self._handlers: dict[type, Callable[[Any], Awaitable[list[Response]]]] = {
-            OptNeg: self._on_optneg, Macro: self._on_macro, Connect: self._on_connect, Helo: self._on_helo,
-            Mail: self._on_mail, Rcpt: self._on_rcpt, Data: self._on_data, HeaderField: self._on_header,
-            EndOfHeaders: self._on_eoh, Body: self._on_body, EndOfMessage: self._on_eom,
-            Unknown: self._on_unknown, Abort: self._on_abort, Quit: self._on_quit,
-            QuitNoClose: self._on_quit_nc,
-        }
 
     async def handle(self, command: Command, now: float) -> list[Response]:
         """The responses to one command ([] when none is due), received at ``now``.
 
         :raises ProtocolError: on a command out of place
         """
+        reaction = self.step(command, now)
+        return reaction if isinstance(reaction, list) else await reaction
+
+    def step(self, command: Command, now: float) -> Reaction:
+        """What :meth:`handle` does, without a coroutine for the commands that need no
+        decision: their responses at once, else the coroutine that decides and gives them
+        (the server drives it; most commands of a session never need one).
+
+        :raises ProtocolError: on a command out of place
+        """
         self._now = now
-        if self.state is State.NEGOTIATE and not isinstance(command, OptNeg):
+        if (self.state is State.NEGOTIATE) is not (type(command) is OptNeg):
+            if self.state is State.READY:
+                raise ProtocolError("second option negotiation on one connection")
             raise ProtocolError(f"{type(command).__name__} before option negotiation")
-        if self.state is State.READY and isinstance(command, OptNeg):
-            raise ProtocolError("second option negotiation on one connection")
-        return await self._handlers[type(command)](command)
+        return _HANDLERS[type(command)](self, command)
 
     @property
     def in_message(self) -> bool:
@@ -217,22 +236,24 @@ class MilterSession:
         self._progress_at = now + self.options.progress_interval
         return [PROGRESS]
 
-    def _reply(self, no_reply_bit: Proto) -> list[Response]:
-        return [] if self.protocol & no_reply_bit else [CONTINUE]
+    def _reply(self, no_reply_bit: int) -> list[Response]:
+        return [] if self._protocol_bits & no_reply_bit else [CONTINUE]
 
     # -- connection ---------------------------------------------------------------------
-    async def _on_optneg(self, cmd: OptNeg) -> list[Response]:
+    def _on_optneg(self, cmd: OptNeg) -> list[Response]:
         if cmd.version < 2:
             raise ProtocolError(f"milter protocol version {cmd.version} is not supported")
-        self.actions = WANTED_ACTIONS & cmd.actions if cmd.actions else Flag.ADDHDRS | Flag.QUARANTINE
+        # plain ints: each IntFlag operation makes a new member, and these are tested per message
+        actions = _WANTED_ACTIONS & cmd.actions if cmd.actions else _ADDHDRS | _QUARANTINE
         if not self.options.quarantine:
-            self.actions &= ~Flag.QUARANTINE
-        self.protocol = WANTED_PROTOCOL & cmd.protocol if cmd.version >= 6 else 0
+            actions &= ~_QUARANTINE
+        self.actions = actions
+        self.protocol = self._protocol_bits = _WANTED_PROTOCOL & cmd.protocol if cmd.version >= 6 else 0
         self.state = State.READY
-        macros = MACROS if self.actions & Flag.SETSYMLIST else ()
-        return [OptNegReply(min(cmd.version, VERSION), int(self.actions), int(self.protocol), macros)]
+        macros = MACROS if actions & _SETSYMLIST else ()
+        return [OptNegReply(min(cmd.version, VERSION), actions, self.protocol, macros)]
 
-    async def _on_macro(self, cmd: Macro) -> list[Response]:
+    def _on_macro(self, cmd: Macro) -> list[Response]:
         """Keep the stage's macros. :raises LimitExceeded: past a macro bound"""
         if len(cmd.macros) > MAX_MACROS_PER_STAGE:
             raise LimitExceeded(f"MACRO with {len(cmd.macros)} macros (at most {MAX_MACROS_PER_STAGE})", "macros")
@@ -256,7 +277,7 @@ class MilterSession:
                                 f"of {MAX_MACRO_BYTES})", "macros")
         return []
 
-    async def _on_connect(self, cmd: Connect) -> list[Response]:
+    def _on_connect(self, cmd: Connect) -> list[Response]:
         self.conn = Connection(hostname=cmd.hostname, macros=self.conn.macros, macro_bytes=self.conn.macro_bytes,
                                port=cmd.port)
         self.tx = Transaction()
@@ -265,40 +286,43 @@ class MilterSession:
         elif cmd.family == "6":
             address = cmd.address
             self.conn.ip = address[5:] if address[:5].lower() == "ipv6:" else address
-        return self._reply(Proto.NR_CONN)
+        return self._reply(_NR_CONN)
 
-    async def _on_helo(self, cmd: Helo) -> list[Response]:
+    def _on_helo(self, cmd: Helo) -> list[Response]:
         self.conn.helo = cmd.name
         self.tx = Transaction()
-        return self._reply(Proto.NR_HELO)
+        return self._reply(_NR_HELO)
 
-    async def _on_unknown(self, cmd: Unknown) -> list[Response]:
+    def _on_unknown(self, cmd: Unknown) -> list[Response]:
         verb, _, arg = cmd.command.strip().partition(" ")
         if verb.upper() == "ID" and arg.strip():
             self.conn.declared_id = arg.strip()
-        return self._reply(Proto.NR_UNKN)
+        return self._reply(_NR_UNKN)
 
-    async def _on_quit(self, cmd: Quit) -> list[Response]:
+    def _on_quit(self, cmd: Quit) -> list[Response]:
         self.closed = True
         return []
 
-    async def _on_quit_nc(self, cmd: QuitNoClose) -> list[Response]:
+    def _on_quit_nc(self, cmd: QuitNoClose) -> list[Response]:
         self.conn, self.tx = Connection(), Transaction()  # negotiated options stay
         return []
 
     # -- message ------------------------------------------------------------------------
-    async def _on_abort(self, cmd: Abort) -> list[Response]:
+    def _on_abort(self, cmd: Abort) -> list[Response]:
         self.tx = Transaction()
         return []
 
-    async def _on_mail(self, cmd: Mail) -> list[Response]:
+    def _on_mail(self, cmd: Mail) -> Reaction:
         self.tx = Transaction(sender=_address(cmd.args[0]))
         if self.conn.ip is None or self.options.decide_at != "MAIL":
             return [CONTINUE]
+        return self._mail_decided()
+
+    async def _mail_decided(self) -> list[Response]:
         self.tx.decision = await self._decided(self._envelope())
         return [replies.envelope_verdict(self.tx.decision)]
 
-    async def _on_rcpt(self, cmd: Rcpt) -> list[Response]:
+    def _on_rcpt(self, cmd: Rcpt) -> Reaction:
         """:raises LimitExceeded: past the recipients' bound"""
         rcpt = _address(cmd.args[0])
         tx = self.tx
@@ -311,29 +335,35 @@ class MilterSession:
             return [CONTINUE]
         rclass = self.decider.recipient_class(rcpt)
         if self.tx.decision is None:
-            self.tx.decision = await self._decided(self._envelope(rcpts=(rcpt,)))
-            self.tx.decision_class = rclass
-            return [replies.envelope_verdict(self.tx.decision)]
-        if rclass or self.tx.decision_class:  # thresholds (or a skip) of its own, or the first's were
-            if rclass == self.tx.decision_class:
-                return [CONTINUE]
-            decision = await self._decided(self._envelope(rcpts=(rcpt,)))
-            if decision.action in (Action.REJECT, Action.TEMPFAIL):
-                self.tx.rcpt_bytes -= len(self.tx.rcpts.pop())
-                return [replies.reply_code(decision)]
-            if not rclass:  # the first recipient's own decision (a skip) does not speak for the others
-                self.tx.decision, self.tx.decision_class = decision, ""
+            return self._first_rcpt_decided(rcpt, rclass)
+        # thresholds (or a skip) of its own, or the first's were
+        if (rclass or self.tx.decision_class) and rclass != self.tx.decision_class:
+            return self._rcpt_decided(rcpt, rclass)
         return [CONTINUE]
 
-    async def _on_data(self, cmd: Data) -> list[Response]:
-        return self._reply(Proto.NR_DATA)
+    async def _first_rcpt_decided(self, rcpt: str, rclass: str) -> list[Response]:
+        self.tx.decision = await self._decided(self._envelope(rcpts=(rcpt,)))
+        self.tx.decision_class = rclass
+        return [replies.envelope_verdict(self.tx.decision)]
 
-    async def _on_header(self, cmd: HeaderField) -> list[Response]:
+    async def _rcpt_decided(self, rcpt: str, rclass: str) -> list[Response]:
+        decision = await self._decided(self._envelope(rcpts=(rcpt,)))
+        if decision.action in (Action.REJECT, Action.TEMPFAIL):
+            self.tx.rcpt_bytes -= len(self.tx.rcpts.pop())
+            return [replies.reply_code(decision)]
+        if not rclass:  # the first recipient's own decision (a skip) does not speak for the others
+            self.tx.decision, self.tx.decision_class = decision, ""
+        return [CONTINUE]
+
+    def _on_data(self, cmd: Data) -> list[Response]:
+        return self._reply(_NR_DATA)
+
+    def _on_header(self, cmd: HeaderField) -> list[Response]:
         tx = self.tx
         # raw, as DKIM hashes it: without HDR_LEADSPC the MTA ate one space after the colon,
         # never a tab (Postfix milter8.c, Sendmail); a value that had none cannot be told apart
         value = cmd.value
-        if not self.protocol & Proto.HDR_LEADSPC and not value.startswith("\t"):
+        if not self._protocol_bits & _HDR_LEADSPC and not value.startswith("\t"):
             value = " " + value
         key = cmd.name.lower()
         counted = key in tx.seen
@@ -341,7 +371,7 @@ class MilterSession:
             tx.seen_bytes += len(key)
             counted = True
         if counted:
-            tx.seen[key] += 1
+            tx.seen[key] = tx.seen.get(key, 0) + 1
         if self.decider.forged_header(cmd.name, value):
             if counted and len(tx.forged) < MAX_FORGED:
                 tx.forged.append((cmd.name, tx.seen[key]))
@@ -353,21 +383,21 @@ class MilterSession:
             tx.header_bytes += size
         else:
             tx.headers_complete = False
-        return self._reply(Proto.NR_HDR)
+        return self._reply(_NR_HDR)
 
-    async def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:
+    def _on_eoh(self, cmd: EndOfHeaders) -> list[Response]:
         tx = self.tx
         if self.conn.ip is not None and (tx.decision is None or tx.decision.action is Action.CONTINUE):
             tx.content_due = True
             tx.sink = self.decider.body_digest(tuple(tx.headers))
-        return self._reply(Proto.NR_EOH)
+        return self._reply(_NR_EOH)
 
-    async def _on_body(self, cmd: Body) -> list[Response]:
+    def _on_body(self, cmd: Body) -> list[Response]:
         if self.tx.sink is not None:
             self.tx.sink.update(cmd.chunk)
-        return self._reply(Proto.NR_BODY)
+        return self._reply(_NR_BODY)
 
-    async def _on_eom(self, cmd: EndOfMessage) -> list[Response]:
+    def _on_eom(self, cmd: EndOfMessage) -> Reaction:
         tx, self.tx = self.tx, Transaction()
         if cmd.chunk and tx.sink is not None:
             tx.sink.update(cmd.chunk)
@@ -375,16 +405,24 @@ class MilterSession:
             return [*self._deletions(tx), CONTINUE]
         decision = tx.decision
         if decision is None or decision.action is Action.CONTINUE:  # ask again, with the content
-            if not tx.content_due:  # no end of headers came (or no header): the sink is asked now
-                tx.sink = self.decider.body_digest(tuple(tx.headers))
-            self._progress_at = self._now + self.options.progress_interval
-            try:
-                decision = await self._decided(self._envelope(tx, body=tx.sink if tx.sink is not None else b""))
-            finally:
-                self._progress_at = None
-        out = replies.end_of_message(decision, bool(self.actions & Flag.ADDHDRS),
-                                     self.options.quarantine if self.actions & Flag.QUARANTINE else "",
-                                     bool(self.protocol & Proto.HDR_LEADSPC))
+            return self._eom_decided(tx)
+        return self._end_of_message(tx, decision)
+
+    async def _eom_decided(self, tx: Transaction) -> list[Response]:
+        if not tx.content_due:  # no end of headers came (or no header): the sink is asked now
+            tx.sink = self.decider.body_digest(tuple(tx.headers))
+        self._progress_at = self._now + self.options.progress_interval
+        try:
+            decision = await self._decided(self._envelope(tx, body=tx.sink if tx.sink is not None else b""))
+        finally:
+            self._progress_at = None
+        return self._end_of_message(tx, decision)
+
+    def _end_of_message(self, tx: Transaction, decision: Decision) -> list[Response]:
+        """The modifications and the verdict at end of message, for ``decision``."""
+        out = replies.end_of_message(decision, bool(self.actions & _ADDHDRS),
+                                     self.options.quarantine if self.actions & _QUARANTINE else "",
+                                     bool(self._protocol_bits & _HDR_LEADSPC))
         if decision.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
             return out
         return [*self._deletions(tx), *out]
@@ -395,7 +433,7 @@ class MilterSession:
         when it counts) still finds the others where they were."""
         if not tx.forged:
             return []
-        if not self.actions & Flag.CHGHDRS:
+        if not self.actions & _CHGHDRS:
             self.counts[("forged_headers_kept", self.front)] += len(tx.forged)
             if not self._warned_chghdrs:
                 self._warned_chghdrs = True
@@ -420,6 +458,16 @@ class MilterSession:
     async def _decided(self, env: Envelope) -> Decision:
         return await timed_decide(self.decider, env, self.front, self.conn.macros.get("i", ""),
                                   client_port=self.conn.port or None)
+
+
+#: each command's handler (a table of the class's functions: no bound methods per connection)
+_HANDLERS: dict[type, Callable[[MilterSession, Any], Reaction]] = {
+    OptNeg: MilterSession._on_optneg, Macro: MilterSession._on_macro, Connect: MilterSession._on_connect,
+    Helo: MilterSession._on_helo, Mail: MilterSession._on_mail, Rcpt: MilterSession._on_rcpt,
+    Data: MilterSession._on_data, HeaderField: MilterSession._on_header, EndOfHeaders: MilterSession._on_eoh,
+    Body: MilterSession._on_body, EndOfMessage: MilterSession._on_eom, Unknown: MilterSession._on_unknown,
+    Abort: MilterSession._on_abort, Quit: MilterSession._on_quit, QuitNoClose: MilterSession._on_quit_nc,
+}
 
 
 def _address(arg: str) -> str:

@@ -185,3 +185,73 @@ def test_body_queued_behind_a_pending_decision_pauses_reading_by_its_bytes_and_i
     (held_bytes, queued), resumed, left = run(go())
     assert held_bytes <= MAX_QUEUED_BYTES + 4 * 65540 and queued < MAX_QUEUED  # a read past the bound
     assert resumed and left == 0  # handled, streamed on (no sink: the decision at MAIL stands), freed
+
+
+# -- the protocol path (issue 15) -------------------------------------------------------------
+from checkid.protocols.milter.events import Data, EndOfHeaders, Quit  # noqa: E402
+from tests.protocols.fakes import FakeTransport  # noqa: E402
+
+
+class CountingTransport(FakeTransport):
+    """A fake transport that also counts the writes."""
+
+    def __init__(self, protocol):
+        super().__init__(protocol)
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+def counting(proto):
+    transport = CountingTransport(proto)
+    proto.connection_made(transport)
+    return transport
+
+
+def test_the_answers_to_commands_of_one_read_go_out_in_one_write():
+    async def go():
+        decider = Decider()
+        proto = MilterProtocol(decider, ServerState(), MilterOptions())
+        transport = counting(proto)
+        # no no-reply bits: CONNECT, HELO and MAIL are each answered, from one read
+        proto.data_received(codec.encode_command(OptNeg(6, 0x1FF, 0)))
+        proto.data_received(b"".join(codec.encode_command(c) for c in (
+            Connect("h", "4", 25, "192.0.2.1"), Helo("example.com"), Mail(("<a@example.com>",)),
+            Rcpt(("<b@example.org>",)), Data(), HeaderField("Subject", "x"), EndOfHeaders(), EndOfMessage())))
+        return transport.writes, replies(transport.take())
+
+    writes, answers = run(go())
+    assert writes == 2  # OPTNEG's, then the eight commands' together
+    assert [type(a) for a in answers] == [OptNegReply, *[type(CONTINUE)] * 7, InsertHeader, type(ACCEPT)]
+
+
+def test_a_decision_that_waits_sends_what_was_due_before_it_first():
+    async def go():
+        decider = Decider(hold=True)
+        proto = MilterProtocol(decider, ServerState(), MilterOptions())
+        transport = counting(proto)
+        proto.data_received(codec.encode_command(OptNeg(6, 0x1FF, 0))
+                            + b"".join(codec.encode_command(c) for c in (
+                                Connect("h", "4", 25, "192.0.2.1"), Helo("example.com"), Mail(("<a@example.com>",)))))
+        await until(lambda: decider.waiting)
+        before = replies(transport.take())
+        decider.release()
+        await until(lambda: not proto.in_flight())
+        return before, replies(transport.take())
+
+    before, after = run(go())
+    assert [type(a) for a in before] == [OptNegReply, type(CONTINUE), type(CONTINUE)]  # OPTNEG, CONNECT, HELO
+    assert after == [CONTINUE]  # MAIL's, once decided
+
+
+def test_quit_closes_at_once_without_a_half_close():
+    async def go():
+        proto = MilterProtocol(Decider(), ServerState(), MilterOptions())
+        transport = connect(proto)
+        proto.data_received(OPEN + codec.encode_command(Quit()) + codec.encode_command(Quit()))
+        return transport.closed, transport.eof_written, proto.closed
+
+    closed, half_closed, proto_closed = run(go())
+    assert closed and not half_closed and proto_closed

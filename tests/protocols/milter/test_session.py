@@ -418,3 +418,29 @@ def test_session_header_names_counted_for_deletion_are_bounded():
                       HeaderField("Authent", "forged"))
     assert len(session.tx.seen) == milter_session.MAX_HEADER_NAMES
     assert session.tx.forged == [] and session.counts[("forged_headers_kept", "milter")] == 1
+
+
+def test_session_step_answers_at_once_what_needs_no_decision():
+    async def go():
+        session = MilterSession(Decider(), MilterOptions())
+        plain = [session.step(c, now=0.0) for c in (OFFER, Connect("h", "4", 25, "192.0.2.1"), Helo("example.com"))]
+        mail = session.step(Mail(("<a@example.com>",)), now=0.0)
+        decided = await mail
+        rest = [session.step(c, now=0.0) for c in (Data(), HeaderField("Subject", "x"), EndOfHeaders())]
+        eom = session.step(EndOfMessage(), now=0.0)  # the decision at MAIL stands: no coroutine
+        return plain, mail, decided, rest, eom
+
+    plain, mail, decided, rest, eom = run(go())
+    assert all(isinstance(r, list) for r in plain) and isinstance(plain[0][0], OptNegReply)
+    assert not isinstance(mail, list) and decided == [CONTINUE]
+    assert rest == [[], [], []]  # no-reply bits negotiated
+    assert eom == [InsertHeader(0, "Authent", " " + fold("Authent", AUTHENT.text)), ACCEPT]
+
+
+def test_session_step_refuses_commands_before_and_a_second_negotiation():
+    session = MilterSession(Decider(), MilterOptions())
+    with pytest.raises(ProtocolError, match="Helo before option negotiation"):
+        session.step(Helo("example.com"), now=0.0)
+    session.step(OFFER, now=0.0)
+    with pytest.raises(ProtocolError, match="second option negotiation"):
+        session.step(OFFER, now=0.0)

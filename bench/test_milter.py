@@ -1,0 +1,144 @@
+"""A whole milter session through checkid's protocol code (pytest-benchmark), beside a
+reference measured in the same run.
+
+Run: ``.venv/bin/python -m pytest bench/test_milter.py --benchmark-only`` (or ``sh bench/micro``).
+
+Each round plays BATCH sessions on one uvloop loop, as ``bench/c/miltersessions.c`` plays them
+(OPTNEG; CONNECT, HELO, MAIL; RCPT; DATA, three headers, end of headers, a body chunk, end of
+message; QUIT: one read each, since the MTA waits for a reply after each group), through
+:class:`MilterProtocol` on a transport that only collects what is written: connection
+set-up, framing, the session, the decisions (a fixed one, as ``bench/nullserver.py``, or the
+engine with every DNS answer cached), rendering and teardown; no socket. The reference only
+frames the same bytes (``Framer``): what any milter written on this stack must do at least.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from bench.nullserver import NullDecider
+from checkid.engine.engine import Engine
+from checkid.protocols.base import ServerState
+from checkid.protocols.milter import codec
+from checkid.protocols.milter.events import (Body, Command, Connect, Data, EndOfHeaders, EndOfMessage, HeaderField,
+                                             Helo, Mail, OptNeg, Quit, Rcpt)
+from checkid.protocols.milter.server import MilterProtocol
+from checkid.protocols.milter.session import MilterOptions
+from testsupport.config import base_config
+from testsupport.dnsserver import TestDnsServer
+
+BATCH = 100
+ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
+#: what the MTA sends before each wait for a reply (the NR_* bits negotiated)
+GROUPS: list[list[Command]] = [
+    [OptNeg(6, 0x1FF, 0x1FFFFF)],
+    [Connect("mx.example.com", "4", 25, "192.0.2.1"), Helo("example.com"), Mail(("<a@example.com>",))],
+    [Rcpt(("<b@example.org>",))],
+    [Data(), HeaderField("From", "a@example.com"), HeaderField("To", "b@example.org"),
+     HeaderField("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage()],
+    [Quit()]]
+READS = [b"".join(codec.encode_command(c) for c in group) for group in GROUPS]
+
+
+class SinkTransport:
+    """Takes writes and closes; tells the protocol nothing (the batch ends each session)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TestDnsServer]:
+    with TestDnsServer(ZONES) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = uvloop.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def _sessions(loop: asyncio.AbstractEventLoop, decider: Any) -> Any:
+    state = ServerState()
+    options = MilterOptions()
+
+    async def many() -> int:
+        written = 0
+        for _ in range(BATCH):
+            proto = MilterProtocol(decider, state, options)
+            transport = SinkTransport()
+            proto.connection_made(transport)  # type: ignore[arg-type]
+            for data in READS:
+                proto.data_received(data)
+                await asyncio.sleep(0)  # let a decision that suspended go on, as the next read would
+            proto.connection_lost(None)
+            written += transport.written
+        return written
+
+    assert loop.run_until_complete(many()) > 0
+    assert not state.connections
+    return lambda: loop.run_until_complete(many())
+
+
+def test_milter_session_null_decider(benchmark, loop):
+    benchmark.extra_info["batch"] = BATCH
+    benchmark(_sessions(loop, NullDecider()))
+
+
+def test_milter_session_warm_engine(benchmark, server, loop):
+    engine = Engine(base_config(server))
+    run = _sessions(loop, engine)  # warms the caches
+    asked = server.total
+    benchmark.extra_info["batch"] = BATCH
+    benchmark(run)
+    assert server.total == asked  # warm: no DNS query during the measurement
+
+
+def test_reference_milter_framing_only(benchmark):
+    def many() -> int:
+        n = 0
+        for _ in range(BATCH):
+            framer = codec.Framer()
+            for data in READS:
+                framer.feed(data)
+                while framer.next_packet() is not None:
+                    n += 1
+        return n
+
+    benchmark.extra_info["batch"] = BATCH
+    benchmark(many)
