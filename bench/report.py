@@ -7,9 +7,26 @@ from typing import Any
 
 #: each measured benchmark -> (what it is, the reference it is compared with)
 ROWS = {
-    "test_warm_decision_registered_id_spf_pass": ("warm decision: registered ID, SPF pass → ACCEPT",
+    "test_policy_warm_request_memo": ("policy: warm request end to end, decision memo",
+                                      "test_policy_warm_request_no_memo"),
+    "test_policy_warm_request_no_memo": ("policy: warm request end to end, policy run each time", None),
+    "test_policy_warm_request_memo_logged": ("policy: warm request, decision memo, decision log line written",
+                                             "test_policy_warm_request_no_memo_logged"),
+    "test_policy_warm_request_no_memo_logged": ("policy: warm request, policy run each time, decision log line "
+                                                "written", None),
+    "test_milter_session_null_decider": ("milter: whole session, fixed decision", "test_reference_milter_framing_only"),
+    "test_milter_session_warm_engine": ("milter: whole session, warm engine", "test_reference_milter_framing_only"),
+    "test_reference_milter_framing_only": ("reference: framing the same packets only", None),
+    "test_dns_cold_query_checkid_client": ("DNS: cold query, checkid client (persistent UDP sockets, loopback server)",
+                                           "test_dns_cold_query_reference_dnspython_socket_per_query"),
+    "test_dns_cold_query_reference_dnspython_socket_per_query": ("reference: dnspython async resolver, a socket per "
+                                                                 "query", None),
+    "test_worker_heap_trim_full_cache": ("worker: malloc_trim(0), memory cache full", "test_reference_heartbeat_write"),
+    "test_reference_heartbeat_write": ("reference: heartbeat write", None),
+    "test_warm_decision_registered_id_spf_pass": ("warm decision (the same envelope again: a memo hit): "
+                                                  "registered ID, SPF pass → ACCEPT",
                                                   "test_reference_pyspf_check_with_instant_dns"),
-    "test_warm_decision_prescreen_reject": ("warm decision: pre-screen DNSBL reject",
+    "test_warm_decision_prescreen_reject": ("warm decision (memo hit): pre-screen DNSBL reject",
                                             "test_reference_pyspf_check_with_instant_dns"),
     "test_reference_pyspf_check_with_instant_dns": ("reference: bare pyspf check, instant DNS", None),
     "test_policy_decode_request": ("policy: decode a Postfix 3.7 RCPT request (32 attributes)",

@@ -81,6 +81,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                             ("frontend", "reason")),
     "request_timeouts": ("Connections closed because one request took longer than [server] request_timeout "
                          "from its first byte to its last", ("frontend",)),
+    "dns_answers_ignored": ("DNS answers dropped as matching no query waiting (another source, an unknown id, "
+                            "another question, malformed), by reason", ("reason",)),
     "degraded": ("Faults survived by running with less, by what (cache_corrupt: a shared cache file that "
                  "was not LMDB, set aside and made anew; cache_open: no shared cache; cache_write: a write "
                  "to it failed; metrics_dir: the metrics directory unusable, a private one used instead; "

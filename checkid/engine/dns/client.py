@@ -6,11 +6,13 @@ loop is "empty" (NODATA): it is a permanent misconfiguration, not a failure to r
 and negative answers are cached (negative TTL from the SOA, RFC 2308 §5); errors never are.
 Concurrent identical lookups share one query.
 
-UDP queries go out on connected sockets (:class:`ConnectedUdpBackend`): the kernel then
-reports an ICMP port or host unreachable as an error on the socket, so a nameserver whose
-port is closed fails at once (dnspython drops it from the query's list and asks the next, or
-the answer is SERVFAIL when none is left) instead of costing the whole timeout like a
-silent one. A connected socket also takes datagrams only from the server it asked.
+UDP queries go out on a few persistent connected sockets per nameserver
+(:mod:`checkid.engine.dns.transport`), not a new socket per query; dnspython's resolver still
+decides retries, failover and the TCP retry on truncation. Connected, the sockets take
+datagrams only from the server they ask, and the kernel reports an ICMP port or host
+unreachable on them, so a nameserver whose port is closed fails at once (dnspython drops it
+from the query's list and asks the next, or the answer is SERVFAIL when none is left) instead
+of costing the whole timeout like a silent one.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import asyncio
 import contextvars
 import enum
 import functools
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,7 @@ import dns.rdatatype
 import dns.resolver
 
 from checkid.engine.dns.cache import Cache
+from checkid.engine.dns.transport import PooledNameserver, UdpTransport
 from checkid.config import DnsConfig, parse_hostport
 from checkid.engine.trace import Trace
 from checkid.errors import CheckidError
@@ -113,7 +115,9 @@ class DnsClient:
         #: called with (type, seconds) for every query sent
         self.observe = observe
         self._resolver: dns.asyncresolver.Resolver | None = None
-        self._backend = ConnectedUdpBackend(self.counts)
+        self.transport = UdpTransport(self.counts)
+        #: dnspython's asyncio backend, for the TCP retry and the back-off between rounds
+        self._backend = dns.asyncbackend.get_backend("asyncio")
         self._inflight: dict[CacheKey, asyncio.Future[DnsAnswer]] = {}
 
     async def resolve(self, name: str, rdtype: str, trace: Trace | None = None,
@@ -147,6 +151,8 @@ class DnsClient:
             if remaining <= 0:
                 raise DeadlineExceeded()
             try:
+                # wait_for, not asyncio.timeout_at: a front-end may drive this coroutine
+                # outside any task (checkid.protocols.eager), where a timeout cannot cancel
                 answer = await asyncio.wait_for(asyncio.shield(future), remaining)
             except TimeoutError:
                 raise DeadlineExceeded() from None
@@ -212,7 +218,7 @@ class DnsClient:
             return DnsAnswer(Outcome.SERVFAIL)
         if result.rrset is None:
             return DnsAnswer(Outcome.NODATA, (), self._negative_ttl(result.response))
-        ttl = result.response.resolve_chaining().minimum_ttl
+        ttl = result.chaining_result.minimum_ttl  # resolved once, by the Answer
         records = tuple(_value(rdtype, rd) for rd in result.rrset)
         return DnsAnswer(Outcome.ANSWER, records, max(cfg.min_ttl, min(ttl, cfg.max_ttl)))
 
@@ -235,105 +241,34 @@ class DnsClient:
                     return min(rrset.ttl, rrset[0].minimum, self.config.max_negative_ttl)
         return 0
 
+    def close(self) -> None:
+        """Close the client's UDP sockets (collecting the client closes them too)."""
+        self.transport.close()
+
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
-            self._resolver = make_resolver(self.config)
+            self._resolver = make_resolver(self.config, self.transport)
         return self._resolver
 
 
-class ConnectedUdpBackend(dns.asyncbackend.Backend):
-    """dnspython's asyncio backend, with each UDP query on a connected socket.
-
-    dnspython's own asyncio backend sends from an unconnected socket, and Linux reports no
-    ICMP error to one: a closed port then looks like a silent server and costs the try's
-    whole timeout. On a connected socket the unreachable arrives as ``ConnectionRefusedError``
-    (or another ``OSError``) from the receive; dnspython takes that server out of the query's
-    list at once. Each such error is counted as ``("dns_unreachable",)``.
-    """
-
-    def __init__(self, counts: Counter[tuple[str, ...]]) -> None:
-        self._inner = dns.asyncbackend.get_backend("asyncio")
-        self.counts = counts
-
-    def name(self) -> str:
-        return self._inner.name()
-
-    def datagram_connection_required(self) -> bool:
-        return True
-
-    async def make_socket(self, af: int, socktype: int, proto: int = 0, source: Any = None,
-                          destination: Any = None, timeout: float | None = None, ssl_context: Any = None,
-                          server_hostname: str | None = None) -> Any:
-        sock = await self._inner.make_socket(af, socktype, proto, source, destination, timeout,
-                                             ssl_context, server_hostname)
-        return _CountedDatagram(sock, self.counts) if socktype == socket.SOCK_DGRAM else sock
-
-    async def sleep(self, interval: float) -> None:
-        await self._inner.sleep(interval)
-
-    def get_transport_class(self) -> Any:
-        return self._inner.get_transport_class()
-
-    async def wait_for(self, awaitable: Any, timeout: float) -> Any:
-        return await self._inner.wait_for(awaitable, timeout)
-
-
-class _CountedDatagram(dns.asyncbackend.DatagramSocket):
-    """A datagram socket that counts the errors the kernel reports on it (ICMP unreachable)."""
-
-    def __init__(self, inner: Any, counts: Counter[tuple[str, ...]]) -> None:
-        super().__init__(inner.family, inner.type)
-        self._inner = inner
-        self.counts = counts
-
-    async def sendto(self, what: bytes, destination: Any, timeout: float | None) -> int:
-        try:
-            sent: int = await self._inner.sendto(what, destination, timeout)
-        except OSError as e:
-            self._count(e)
-            raise
-        return sent
-
-    async def recvfrom(self, size: int, timeout: float | None) -> Any:
-        try:
-            return await self._inner.recvfrom(size, timeout)
-        except OSError as e:
-            self._count(e)
-            raise
-
-    def _count(self, error: OSError) -> None:
-        if not isinstance(error, TimeoutError):  # a silent server is a timeout, not unreachable
-            self.counts[("dns_unreachable",)] += 1
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def getpeername(self) -> Any:
-        return await self._inner.getpeername()
-
-    async def getsockname(self) -> Any:
-        return await self._inner.getsockname()
-
-    async def getpeercert(self, timeout: float | None) -> Any:
-        return await self._inner.getpeercert(timeout)
-
-
-def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
-    """A resolver on the configured nameservers, or the system's when none are set."""
+def make_resolver(config: DnsConfig, transport: UdpTransport) -> dns.asyncresolver.Resolver:
+    """A resolver on the configured nameservers, or the system's when none are set, whose
+    UDP queries go through ``transport``."""
     if config.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
-        servers: list[dns.nameserver.Nameserver | str] = []
-        for entry in config.nameservers:
-            host, port = parse_hostport(entry, 53)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
-        resolver.nameservers = servers
+        addresses = [parse_hostport(entry, 53) for entry in config.nameservers]
     else:
         try:
             resolver = dns.asyncresolver.Resolver()
+            addresses = [(ns.address, ns.port) if isinstance(ns, dns.nameserver.Do53Nameserver)
+                         else (str(ns), resolver.port) for ns in resolver.nameservers]
         except dns.resolver.NoResolverConfiguration:
             resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = ["127.0.0.1"]
+            addresses = [("127.0.0.1", 53)]
+    servers: list[dns.nameserver.Nameserver | str] = [PooledNameserver(host, port, transport)
+                                                      for host, port in addresses]
+    resolver.nameservers = servers
     # half the budget per try: a lost UDP datagram or a dead server still leaves a second try
     resolver.timeout = config.timeout / 2
     resolver.lifetime = config.timeout
