@@ -10,7 +10,6 @@ divide by BATCH for one query.
 """
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 import dns.asyncresolver
 import dns.nameserver
 import pytest
-import uvloop
 
 from checkid.config import DnsConfig
 from checkid.engine.dns.cache import MemoryCache
@@ -46,13 +44,6 @@ def server_port() -> Iterator[int]:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
 
 
 def test_dns_cold_query_checkid_client(benchmark, loop, server_port):

@@ -10,34 +10,13 @@ SPF evaluation alone, which a warm checkid decision must beat by caching results
 """
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import spf
-import uvloop
 
 from checkid.engine.decision import Action, Envelope
 from checkid.engine.engine import Engine
 from testsupport.config import base_config
-from testsupport.dnsserver import TestDnsServer
 
 BATCH = 100
-ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TestDnsServer]:
-    with TestDnsServer(ZONES) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
 
 
 def _batch(loop, engine, env, expected):

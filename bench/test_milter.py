@@ -14,12 +14,7 @@ frames the same bytes (``Framer``): what any milter written on this stack must d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
-import uvloop
 
 from bench.nullserver import NullDecider
 from checkid.engine.engine import Engine
@@ -30,10 +25,8 @@ from checkid.protocols.milter.events import (Body, Command, Connect, Data, EndOf
 from checkid.protocols.milter.server import MilterProtocol
 from checkid.protocols.milter.session import MilterOptions
 from testsupport.config import base_config
-from testsupport.dnsserver import TestDnsServer
 
 BATCH = 100
-ZONES = Path(__file__).resolve().parent.parent / "testsupport" / "zones"
 #: what the MTA sends before each wait for a reply (the NR_* bits negotiated)
 GROUPS: list[list[Command]] = [
     [OptNeg(6, 0x1FF, 0x1FFFFF)],
@@ -78,19 +71,6 @@ class SinkTransport:
 
     def resume_reading(self) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TestDnsServer]:
-    with TestDnsServer(ZONES) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = uvloop.new_event_loop()
-    yield lp
-    lp.close()
 
 
 def _sessions(loop: asyncio.AbstractEventLoop, decider: Any) -> Any:

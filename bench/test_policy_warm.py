@@ -44,12 +44,6 @@ ATTRS = {**(_TEMPLATE.next_event() or {}), "client_address": "192.0.2.1", "helo_
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[TestDnsServer]:
-    with TestDnsServer(ZONES) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp = uvloop.new_event_loop()
     asyncio.set_event_loop(lp)
