@@ -28,17 +28,47 @@ REQUEST = pol.encode_request({"request": "smtpd_access_policy", "protocol_state"
                               "recipient": "u@example.org", "instance": ""})
 
 
-class PolicyClient:
-    """One persistent policy connection to 127.0.0.1:``port``, retried once per request."""
+class Retrying:
+    """Asks once more, on a new connection, when a request fails (reset, EOF with no reply,
+    timeout), as Postfix does; counts what it saw."""
 
-    def __init__(self, port: int, timeout: float = SECONDS) -> None:
-        self.port, self.timeout = port, timeout
-        self.sock: socket.socket | None = None
+    def __init__(self) -> None:
+        #: first attempts that failed (then retried)
         self.resets = 0
         #: of those, the connection resets (RST) seen: a graceful close between requests is an
         #: EOF, never one of these
         self.rsts = 0
+        #: requests that failed twice
         self.lost = 0
+
+    def _once(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def ask(self) -> str | None:
+        """The answer to one request, or None when it was lost (failed twice)."""
+        for attempt in (1, 2):
+            try:
+                return self._once()
+            except (ConnectionError, socket.timeout, OSError) as e:
+                self.close()
+                if attempt == 1:
+                    self.resets += 1
+                    self.rsts += isinstance(e, ConnectionResetError)
+        self.lost += 1
+        return None
+
+
+class PolicyClient(Retrying):
+    """One persistent policy connection to 127.0.0.1:``port``; :meth:`ask` gives the action of
+    one request's reply."""
+
+    def __init__(self, port: int, timeout: float = SECONDS) -> None:
+        super().__init__()
+        self.port, self.timeout = port, timeout
+        self.sock: socket.socket | None = None
 
     def _once(self) -> str:
         if self.sock is None:
@@ -52,53 +82,27 @@ class PolicyClient:
             data += chunk
         return pol.parse_reply(data)
 
-    def ask(self) -> str | None:
-        """The action of one request's reply, or None when it was lost (failed twice)."""
-        for attempt in (1, 2):
-            try:
-                return self._once()
-            except (ConnectionError, socket.timeout, OSError) as e:
-                self.close()
-                if attempt == 1:
-                    self.resets += 1
-                    self.rsts += isinstance(e, ConnectionResetError)
-        self.lost += 1
-        return None
-
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
 
-class RpcClient:
-    """One MessagePack-RPC connection to 127.0.0.1:``port``, retried once per call."""
+class RpcClient(Retrying):
+    """One MessagePack-RPC connection to 127.0.0.1:``port``; :meth:`ask` gives ``action code``
+    and the headers of one checkID call."""
 
     def __init__(self, port: int, timeout: float = SECONDS) -> None:
+        super().__init__()
         self.address, self.timeout = f"127.0.0.1:{port}", timeout
         self.client: Client | None = None
-        self.resets = 0
-        #: of those, the connection resets (RST) seen: a graceful close between requests is an
-        #: EOF, never one of these
-        self.rsts = 0
-        self.lost = 0
 
-    def ask(self) -> str | None:
-        """``action code`` and the first header of one checkID call, or None when it was lost."""
-        for attempt in (1, 2):
-            try:
-                if self.client is None:
-                    self.client = Client(self.address, timeout=self.timeout)
-                action, reply, headers = self.client.checkID(CLIENT, IDENTITY, "mail.example.com",
-                                                             "u@example.com", ["r@example.org"])
-                return f"{action} {reply[0]} " + " | ".join(f"{h.get('label')} {h.get('text')}" for h in headers)
-            except (ConnectionError, socket.timeout, OSError) as e:
-                self.close()
-                if attempt == 1:
-                    self.resets += 1
-                    self.rsts += isinstance(e, ConnectionResetError)
-        self.lost += 1
-        return None
+    def _once(self) -> str:
+        if self.client is None:
+            self.client = Client(self.address, timeout=self.timeout)
+        action, reply, headers = self.client.checkID(CLIENT, IDENTITY, "mail.example.com",
+                                                     "u@example.com", ["r@example.org"])
+        return f"{action} {reply[0]} " + " | ".join(f"{h.get('label')} {h.get('text')}" for h in headers)
 
     def close(self) -> None:
         if self.client is not None:
