@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import cold, dkim, frontdoor, peers, runtime
+from bench import cold, dkim, frontdoor, peers, runtime, scrapes
 from bench.report import ROWS, micro_table, per_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +193,9 @@ def main() -> None:
     fd1 = frontdoor.report(frontdoor.measure(fd1_args), fd1_args)
     step("DKIM at end of data")
     dkim_data = dkim.measure(1, 1, 1, smoke=True) if smoke else dkim.measure()
+    step("metrics scrapes beside decisions")
+    scrape_args = (2.0, 200.0, 4, 50, 2_000) if smoke else (10.0, 500.0, 8, 1000, 200_000)
+    scrape_data = scrapes.measure(*scrape_args)
     minutes = (time.monotonic() - started) / 60
     step("writing the report")
 
@@ -262,6 +265,13 @@ def main() -> None:
         "`DKIM.verify(idx)` for every signature. Then the longest stall of the loop: a ticker task's 1 ms sleeps, "
         "timed while a 10 MB message is verified.", "",
         dkim.table(dkim_data), "",
+        "## Metrics scrapes beside decisions (issue 14)", "",
+        f"`bench/scrapes.py`: one daemon (2 workers) on the test DNS server; {scrape_args[1]:g} policy decisions/s "
+        f"over {scrape_args[2]} persistent connections for {scrape_args[0]:g} s, alone, then with {scrape_args[3]} "
+        "concurrent scrape loops on /metrics from another process (the endpoint keeps 64 connections, closing the "
+        "oldest; it renders at most once a second; its process runs at nice 10).", "",
+        "| run | decisions/s | p50 ms | p99 ms | errors | scrapes |", "|---|---|---|---|---|---|",
+        scrapes.table("checkid", scrape_data), "",
     ]
     (args.out / "RESULTS.md").write_text("\n".join(md))
     step(f"done: {args.out / 'RESULTS.md'}")
