@@ -121,9 +121,9 @@ class _Socket:
                 data, source = self.sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # ICMP port or host unreachable
+            except OSError as e:  # ICMP port or host unreachable: this socket is done
                 self._unreachable(e)
-                continue
+                return
             self._received(data, source)
 
     def _received(self, data: bytes, source: tuple[str, int]) -> None:
@@ -162,14 +162,16 @@ class _Socket:
                 query.future.set_result(response)  # type: ignore[arg-type]
 
     def _unreachable(self, error: OSError) -> None:
-        # every query here went to the same server: the unreachable holds for all of them
+        # every query here went to the same server: the unreachable holds for all of them.
+        # The socket is closed, and the pool opens a new one for the next query: libuv stops
+        # polling a descriptor that reported an error (POLLERR), so this one would never be
+        # read again and every later query on it would wait out its timeout.
         waiting, self.pending = self.pending, {}
         for query in waiting.values():
             if not query.future.done():
                 self.counts[("dns_unreachable",)] += 1
                 query.future.set_exception(error)
-        if self.retired:
-            self.close()
+        self.close()
 
     def _ignored(self, reason: str) -> None:
         self.counts[("dns_answers_ignored", reason)] += 1

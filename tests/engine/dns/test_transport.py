@@ -206,6 +206,19 @@ def test_a_closed_port_fails_every_concurrent_query_over_at_once(dns):
     assert c.counts[("dns_unreachable",)] == 12
 
 
+def test_a_closed_port_fails_over_at_once_again_and_again():
+    """libuv stops polling a socket that reported an error: a socket kept after an ICMP
+    unreachable went deaf, and the next query sent on it (the fifth, after a turn of the four)
+    waited out its timeout. Each query in turn must get its own unreachable, not a timeout."""
+    c = DnsClient(DnsConfig(nameservers=(closed_udp_port(),), timeout=4.0), MemoryCache(100))
+
+    async def one_by_one() -> list[Outcome]:
+        return [(await c.resolve(f"s{i}.example.com", "A")).outcome for i in range(12)]
+
+    assert run(one_by_one()) == [Outcome.SERVFAIL] * 12
+    assert c.counts[("dns_unreachable",)] == 12
+
+
 def test_transport_rotates_source_ports(monkeypatch):
     monkeypatch.setattr(transport_module, "QUERIES_PER_SOCKET", 2)
 
