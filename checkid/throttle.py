@@ -32,3 +32,8 @@ class LogThrottle:
         suppressed, self._suppressed = self._suppressed, 0
         self._next = now + self.interval
         return suppressed
+
+
+def left_out(suppressed: int) -> str:
+    """The end of a throttled line: how many like it were left out since the last one."""
+    return f" ({suppressed} more since the last such line)" if suppressed else ""

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from checkid.errors import ProtocolError
 from checkid.protocols.limits import LimitExceeded
-from checkid.throttle import LogThrottle
+from checkid.throttle import LogThrottle, left_out
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ class Server(asyncio.Protocol):
         if suppressed is not None:
             log.warning("%s: %s request not complete %g s after its first byte (%d bytes so far); closing%s",
                         self.peer, self.front, self.request_timeout, self.unfinished(),
-                        f" ({suppressed} more such connections since the last line)" if suppressed else "")
+                        left_out(suppressed))
         self.close()
 
     def over_budget(self, total: int, budget: int) -> None:
@@ -485,7 +485,7 @@ class Server(asyncio.Protocol):
             log.warning("%s: unfinished requests hold %d bytes, past max_unfinished_bytes = %d; closing the %s "
                         "connection holding the most (%d bytes)%s", self.peer, total, budget, self.front,
                         self.unfinished(),
-                        f" ({suppressed} more such connections since the last line)" if suppressed else "")
+                        left_out(suppressed))
         self.close(abort=True)
 
     def finish(self) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from checkid.config import ListenConfig, parse_listen
 from checkid.errors import ConfigError
-from checkid.throttle import LogThrottle
+from checkid.throttle import LogThrottle, left_out
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Acceptor:
         if suppressed is not None:
             log.warning("%s on %s: %d connections open, the max_connections cap; a new one closed at once%s",
                         self.label, _sockname(self.sock), self.max_connections,
-                        f" ({suppressed} more since the last such line)" if suppressed else "")
+                        left_out(suppressed))
 
     def _out_of_resources(self, name: str, error: OSError, pause: bool = True) -> None:
         """Count and log (rate-limited) a failed accept; pause accepting for ``retry`` s."""
@@ -214,7 +214,7 @@ class Acceptor:
             log.error("accept on %s: %s; %s%s", _sockname(self.sock), error.strerror or error,
                       f"not accepting for {self.retry:g} s, the connections wait in the queue" if pause
                       else "connection closed",
-                      f" ({suppressed} more since the last such line)" if suppressed else "")
+                      left_out(suppressed))
         if pause and not self.closed:
             self._pause()
             if self._resume is None:

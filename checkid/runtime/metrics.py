@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from checkid.runtime import metricfiles
-from checkid.throttle import LogThrottle
+from checkid.throttle import LogThrottle, left_out
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ def degraded(what: str, message: str, *args: object) -> None:
     throttle = _throttles.setdefault(what, LogThrottle())
     suppressed = throttle.ready(time.monotonic())
     if suppressed is not None:
-        log.warning(message + (" (and %d more since the last line)" if suppressed else ""),
-                    *args, *((suppressed,) if suppressed else ()))
+        log.warning(message + "%s", *args, left_out(suppressed))
     if _exporter is None:
         _pending[what] += 1
         return

@@ -31,7 +31,7 @@ from checkid.config import parse_listen
 from checkid.exitcodes import ExitCode
 from checkid.runtime import metrics
 from checkid.runtime.logs import reopen_logs
-from checkid.throttle import LogThrottle
+from checkid.throttle import LogThrottle, left_out
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Connections:
         suppressed = self._throttles[reason].ready(now)
         if suppressed is not None:
             log.warning("metrics endpoint: %s%s", message,
-                        f" ({suppressed} more since the last such line)" if suppressed else "")
+                        left_out(suppressed))
 
     def exposition(self, now: float) -> tuple[bytes, str]:
         """The merged metrics, rendered again only when the last rendering is
