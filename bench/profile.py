@@ -115,6 +115,7 @@ def profile(protocol: str, seconds: float, rate: int = 250) -> str:
             while unix is not None and not unix.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             load.run(protocol, port, path, 16 if protocol == "policy" else 4, 60, max_requests=2000, unix=unix)
+            assert checkid.proc is not None
             pid = worker_pid(checkid.proc.pid)
             out = tmp / "raw.txt"
             loader = threading.Thread(target=load.run, args=(protocol, port, path,
