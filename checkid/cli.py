@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     kshow.add_argument("name", metavar="NAME")
     kshow.add_argument("--json", action="store_true")
     kshow.set_defaults(func=_cache_show)
-    kf = ksub.add_parser("flush", help="drop a DNS name (or everything) from every layer of every worker")
+    kf = ksub.add_parser("flush", help="drop a DNS name (or everything) from every layer of every worker "
+                                         "(of every host, with [fleet])")
     _config_args(kf)
     kf.add_argument("name", metavar="NAME", nargs="?")
     kf.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
@@ -340,10 +341,14 @@ def _cache_show(args: argparse.Namespace) -> int:
 
 
 def _cache_flush(args: argparse.Namespace) -> int:
-    from checkid.runtime import status
-    out = status.cache_flush(_load(args), args.name, args.timeout)
+    from checkid.runtime import control, status
+    config = _load(args)
+    out = status.cache_flush(config, args.name, args.timeout)
     what = args.name or "everything"
     workers = out["workers_confirmed"]
     print(f"flushed {what}: {out['shared_removed']} shared entries"
           + (f", {workers} workers confirmed" if workers is not None else f"; {out['note']}"))
+    if config.fleet.enabled:
+        heard = control.publish_flush(config.fleet, args.name)
+        print(f"published to the fleet: {heard} workers subscribed (every host's)")
     return ExitCode.OK

@@ -1,7 +1,7 @@
 """The whole schema: :class:`Config`, one field per section, and the checks that span sections.
 
 The sections live beside their owners' needs (:mod:`.engine`, :mod:`.frontends`,
-:mod:`.runtime`) and each checks its own values; ``Config()`` is the embedded default.
+:mod:`.runtime`, :mod:`.fleet`) and each checks its own values; ``Config()`` is the embedded default.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from checkid.config.engine import (BlacklistConfig, DkimConfig, DnsConfig, HeadersConfig, IdentityConfig, PolicyConfig,
                                    PrescreenConfig, RegistryConfig, ReputationConfig)
+from checkid.config.fleet import FleetConfig
 from checkid.config.frontends import DEFAULT_LISTEN, ListenConfig, MilterConfig, PostfixPolicyConfig, SmtpConfig
 from checkid.config.runtime import CacheConfig, MetricsConfig, ServerConfig
 from checkid.errors import ConfigError
@@ -32,6 +33,7 @@ class Config:
     dkim: DkimConfig = DkimConfig()
     policy: PolicyConfig = PolicyConfig()
     headers: HeadersConfig = HeadersConfig()
+    fleet: FleetConfig = FleetConfig()
 
     def check_across(self) -> None:
         """The checks no single section can make (each section checks itself).

@@ -25,6 +25,7 @@ from checkid.engine.checks.registry import Rating, Record, RegistryOutcome, Regi
 from checkid.engine.checks.reputation import Score, score
 from checkid.engine.checks.spfcheck import SpfOutcome
 from checkid.engine.decision import Action, Decision, Envelope, Header
+from checkid.engine.fleet import NO_COUNTS, FleetCounts
 from checkid.engine.result import RANK, SPELLING, Result
 from checkid.engine.services import Services
 from checkid.engine.trace import Trace
@@ -80,11 +81,28 @@ class Context:
         self.candidates = candidates or (((identity_source, identity),) if identity is not None else ())
         self.trace = trace
         self._registry: RegistryResult | None = None
+        #: whether the decision read fleet state that changes without a DNS answer expiring
+        #: (a fleet block, the fleet's counts): the engine then does not memoize it, nor
+        #: counts a fleet block's refusal as a new rejection
+        self.fleet_read = False
+        self.fleet_blocked = False
 
     @property
     def message_known(self) -> bool:
         """Whether this is the end-of-data decision: the headers or the body are here."""
         return self.envelope.body is not None or bool(self.envelope.headers)
+
+    @property
+    def fleet_rejections(self) -> FleetCounts:
+        """The rejections the fleet counted for the client address and its /24 (IPv4) or /64
+        (IPv6) within ``[fleet] window``, as this worker last learned them (no Redis call;
+        zeros when ``[fleet]`` is off or nothing was learned). A decision that reads them is
+        not memoized."""
+        fleet = self.services.fleet
+        if fleet is None:
+            return NO_COUNTS
+        self.fleet_read = True
+        return fleet.rejections(self.ip)
 
     def log(self, stage: str, message: str) -> None:
         if self.trace is not None:
@@ -92,8 +110,10 @@ class Context:
 
     # -- stages -----------------------------------------------------------------------
     async def prescreen(self) -> ListResult:
-        """Allow list, local block lists, then the pre-screen DNSBLs."""
+        """Allow list, local block lists, the fleet's learned blocks, then the pre-screen DNSBLs."""
         result = await self.services.prescreen.check(self.ip, self.services.dns, self.trace)
+        if result.fleet:
+            self.fleet_read = self.fleet_blocked = True
         if self.trace is not None:
             self.log("prescreen", f"{self.ip_text}: {result.verdict.name} {result.list_name} {result.reason}".rstrip())
         return result

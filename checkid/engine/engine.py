@@ -12,8 +12,11 @@ report mode (``[policy] mode = "report"``) a refusal (REJECT, TEMPFAIL, DISCARD)
 instead: an ACCEPT whose ``Authent:`` says ``would=REJECT`` and whose :attr:`Decision.would`
 holds the refusal. A policy that declares the inputs it reads has its decisions memoized
 (:mod:`checkid.engine.memo`): the same inputs get the same decision, without running the
-policy, while every cached answer it used is valid. Bad input is refused in either mode: it is not a verdict on the mail but
-input the engine cannot judge (no address, oversize fields), and stays bounded.
+policy, while every cached answer it used is valid. With ``[fleet]``, every REJECT of a client
+address is counted across the fleet after the decision (:mod:`checkid.engine.fleet`: queued,
+never awaited), and a decision that read fleet state is not memoized. Bad input is refused in
+either mode: it is not a verdict on the mail but input the engine cannot judge (no address,
+oversize fields), and stays bounded.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from checkid.engine.context import Auth, Context
 from checkid.engine.decision import Action, BodySink, Decision, Envelope, Header
 from checkid.engine.dns.cache import Cache, MemoryCache
 from checkid.engine.dns.client import DEADLINE, DeadlineExceeded, DnsClient
+from checkid.engine.fleet import Fleet
 from checkid.engine.memo import RECORDING, DecisionMemo, Recording, RecordingCache, RecordingCounter
 from checkid.engine.policy import DEFAULT_PATH, Policy, PolicyHolder
 from checkid.engine.result import RANK, SPELLING, Result
@@ -95,13 +99,17 @@ class Engine:
                         observer.observe_dns if observer is not None else None)
         authserv_id = config.headers.authserv_id or socket.getfqdn()
         path = config.reputation.recipient_thresholds
+        #: the fleet state (``[fleet]``), None when off; the runtime starts it in its loop
+        self.fleet = Fleet(config.fleet, self.counts, clock) if config.fleet.enabled else None
+        if self.fleet is not None:
+            self.fleet.on_block = self.forget_decisions  # a memoized decision may be for the address blocked
         self.services = Services(
             config=config,
             dns=dns,
             prescreen=IPScreen(
                 "prescreen", tuple(iplists.load_file(f) for f in config.prescreen.block_files),
                 config.prescreen.dnsbl, self.counts,
-                allow=iplists.from_networks(config.prescreen.allow, "allow list"),
+                allow=iplists.from_networks(config.prescreen.allow, "allow list"), fleet=self.fleet,
             ),
             blacklist=IPScreen(
                 "blacklist", tuple(iplists.load_file(f) for f in config.blacklist.block_files),
@@ -112,6 +120,7 @@ class Engine:
             thresholds=RecipientThresholds.load(path) if path else RecipientThresholds(),
             counts=self.counts,
             authserv_id=authserv_id,
+            fleet=self.fleet,
         )
         self.policy = PolicyHolder(config.policy.path or DEFAULT_PATH, policy_source)
         #: the memo of the policy serving, when it declares its inputs; remade when it changes
@@ -213,6 +222,8 @@ class Engine:
             key = memo.key(ctx)
             kept = memo.get(key, self.clock(), self.counts)
             if kept is not None:
+                if self.fleet is not None and kept.action is Action.REJECT:
+                    self.fleet.rejected(ctx.ip)  # never a fleet block's: those are not kept
                 return kept
             recording = Recording()
         token = DEADLINE.set(asyncio.get_running_loop().time() + self.config.dns.decision_timeout)
@@ -234,6 +245,11 @@ class Engine:
             log.error("policy %s returned %r, not a Decision", policy.path, type(decision).__name__)
             return Decision(Action.TEMPFAIL, 451, "4.3.5", "Local policy error, try again later", (),
                             "policy", "policy_error")
+        if self.fleet is not None:
+            if decision.action is Action.REJECT and not ctx.fleet_blocked:
+                self.fleet.rejected(ctx.ip)
+            if ctx.fleet_read:
+                return decision
         if recording is not None and memo is not None:
             memo.put(key, decision, recording, self.clock())
         return decision

@@ -14,6 +14,7 @@ from checkid.engine.checks.prescreen import IPScreen
 from checkid.engine.checks.reputation import RecipientThresholds
 from checkid.engine.checks.spfcheck import SpfChecker
 from checkid.engine.dns.client import DnsClient
+from checkid.engine.fleet import Fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +34,5 @@ class Services:
     counts: Counter[tuple[str, ...]]
     #: the name this host gives itself in ``Authentication-Results``
     authserv_id: str
+    #: the fleet state on Redis (``[fleet]``), None when off
+    fleet: Fleet | None = None

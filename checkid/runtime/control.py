@@ -9,6 +9,10 @@
   request it has applied through its heartbeat file, which the master copies into its
   state, so the command can wait until every worker has.
 
+With ``[fleet]``, a flush is also published on the fleet's Redis channel
+(:func:`publish_flush`): every worker of every host applies it to its memory layer, and
+each host's slot 0 worker to its shared layer.
+
 A reload is matched to the command that asked for it by time: the command notes the
 monotonic clock (one clock for every process of the host) before it sends SIGHUP and takes
 the first reload the master started at or after it; such a reload read the files after the
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkid.config.fleet import FleetConfig
 from checkid.errors import CheckidError
 
 PID_FILE = "master.pid"
@@ -182,6 +187,31 @@ def read_flushes(state_dir: str | Path) -> list[tuple[int, str | None]]:
                 and (item[1] is None or isinstance(item[1], str)):
             out.append((item[0], item[1]))
     return out
+
+
+def publish_flush(fleet: FleetConfig, name: str | None, timeout: float = 5.0) -> int:
+    """Publish a flush of ``name`` (None: everything) to every host of the fleet; returns how
+    many workers (of every host) were subscribed to hear it.
+
+    :raises CheckidError: Redis cannot be reached within ``timeout`` seconds
+    """
+    import asyncio
+
+    from checkid.engine.fleet import Flush, connect, encode_event
+
+    async def publish() -> int:
+        client = connect(fleet)
+        try:
+            async with asyncio.timeout(timeout):
+                return int(await client.publish(f"{fleet.key_prefix}events", encode_event(Flush(name))))
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(publish())
+    except Exception as e:
+        raise CheckidError(f"the fleet's Redis ({fleet.redis or ', '.join(fleet.sentinels)}): "
+                           f"{'no answer' if isinstance(e, TimeoutError) else e}") from None
 
 
 class FlushFollower:

@@ -71,6 +71,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                         "(also counted in protocol_errors), by front-end and bound", ("frontend", "limit")),
     "codec_exceptions": ("Unexpected exceptions a front-end's codec raised on a peer's input; the connection was "
                          "closed as a protocol error (also counted in protocol_errors)", ("frontend",)),
+    "fleet_fallbacks": ("Fleet Redis calls that failed or ran out of [fleet] budget_ms, by operation (subscribe, "
+                        "load, count, block, publish, max_blocks); the worker carried on local-only", ("op",)),
+    "fleet_blocks_learned": ("Fleet pre-screen blocks learned, by kind (ip, net)", ("kind",)),
+    "fleet_rejections_dropped": ("Rejections not counted by the fleet: the queue to Redis was full", ()),
     "dns_unreachable": ("DNS queries whose nameserver host or port was unreachable (ICMP), failed over at once", ()),
     "accept_errors": ("Accepts that failed for want of descriptors or memory, by error (EMFILE, ENFILE, ENOBUFS, "
                       "ENOMEM, other); accepting pauses and the connections wait in the kernel's queue", ("error",)),

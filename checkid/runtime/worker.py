@@ -145,6 +145,15 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads by replacing workers
+        if engine.fleet is not None:
+            import prometheus_client
+
+            #: 1 while this worker follows the fleet's Redis (livemin: 0 when any worker does not)
+            self.fleet_up = prometheus_client.Gauge(
+                "checkid_fleet_up", "1 while every worker follows the fleet state on Redis, else 0",
+                multiprocess_mode="livemin", registry=None)
+            engine.fleet.on_flush = self._fleet_flush
+            await engine.fleet.start()
         ticker = asyncio.ensure_future(self._tick())
         self.serving = True
         self._report()
@@ -155,6 +164,8 @@ class Worker:
             acceptor.close()  # stop accepting; the master keeps the sockets and their queues
         await state.shutdown(config.server.grace)
         ticker.cancel()
+        if engine.fleet is not None:
+            await engine.fleet.close()
         self._sync()
         log.info("worker %d stopped", spec.slot)
         return ExitCode.OK
@@ -167,6 +178,8 @@ class Worker:
 
     def _sync(self) -> None:
         self.exporter.sync(self._stats(), self.state.open)
+        if self.engine.fleet is not None:
+            self.fleet_up.set(1 if self.engine.fleet.up else 0)
 
     async def _tick(self) -> None:
         spec, engine = self.spec, self.engine
@@ -218,6 +231,22 @@ class Worker:
             gone = self.memory.drop(functools.partial(_mentioned, name))
             log.info("worker %d: %d cache entries for %s flushed", self.spec.slot, gone, name)
         self.engine.forget_decisions()
+
+    def _fleet_flush(self, name: str | None) -> None:
+        """A flush another host (or this one) published: the memory layer, and the host's
+        shared layer once (by slot 0)."""
+        shared = self.spec.slot == 0 and self.spec.config.cache.shared
+        if name is None:
+            self.memory.flush()
+            if shared:
+                self.shared.flush()
+        else:
+            matches = functools.partial(_mentioned, name)
+            self.memory.drop(matches)
+            if shared:
+                self.shared.drop_where(matches)
+        self.engine.forget_decisions()
+        log.info("worker %d: fleet flush of %s applied", self.spec.slot, name or "everything")
 
     def _check_policy(self) -> None:
         engine = self.engine

@@ -1,4 +1,5 @@
-"""IP lists before anything costs a registry query: allow list, local block lists, DNSBLs;
+"""IP lists before anything costs a registry query: allow list, local block lists, the fleet's
+learned blocks (``[fleet]``, :mod:`checkid.engine.fleet`: a dict probe, no DNS), DNSBLs;
 and the skip lists (:class:`SkipList`): HELO names, sender domains, recipients and logged-in
 clients whose mail is accepted before any check.
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from checkid.config import DnsList, PrescreenConfig
 from checkid.engine.decision import Envelope
 from checkid.engine.dns.client import DnsClient, Outcome
+from checkid.engine.fleet import FLEET_LIST, Fleet
 from checkid.engine.checks.iplists import IPAddress, IPList
 from checkid.engine.trace import Trace
 from checkid.engine.validate import address_domain
@@ -42,6 +44,9 @@ class ListResult:
     list_name: str = ""
     #: the sub-list or reason, e.g. ``SBL``
     reason: str = ""
+    #: a block the fleet learned (``list_name`` is ``fleet block``): not counted as a new
+    #: rejection, so it lapses after ``[fleet] block_seconds`` even while the sender insists
+    fleet: bool = False
 
 
 CLEAR = ListResult(Verdict.CLEAR)
@@ -56,15 +61,17 @@ def reverse_name(ip: IPAddress) -> str:
 
 
 class IPScreen:
-    """One set of lists: local block lists first, then DNSBLs asked in parallel."""
+    """One set of lists: local block lists first, then the fleet's learned blocks, then DNSBLs
+    asked in parallel."""
 
     def __init__(self, stage: str, blocks: tuple[IPList, ...], dnsbls: tuple[DnsList, ...],
-                 counts: Counter[tuple[str, ...]], allow: IPList | None = None) -> None:
+                 counts: Counter[tuple[str, ...]], allow: IPList | None = None, fleet: Fleet | None = None) -> None:
         self.stage = stage
         self.allow = allow
         self.blocks = blocks
         self.dnsbls = dnsbls
         self.counts = counts
+        self.fleet = fleet
 
     async def check(self, ip: IPAddress, client: DnsClient, trace: Trace | None = None) -> ListResult:
         result = await self._check(ip, client, trace)
@@ -79,6 +86,12 @@ class IPScreen:
             hit = block.lookup(ip)
             if hit is not None:
                 return ListResult(Verdict.BLOCK, block.name, hit.txt.replace("$", str(ip)))
+        if self.fleet is not None:
+            learned = self.fleet.blocked(ip)
+            if learned is not None:
+                subject, count = learned
+                return ListResult(Verdict.BLOCK, FLEET_LIST, f"{subject.partition(':')[2]}: {count} rejections",
+                                  fleet=True)
         if not self.dnsbls:
             return CLEAR
         key = reverse_name(ip)
