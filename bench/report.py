@@ -15,6 +15,14 @@ ROWS = {
     "test_policy_warm_request_no_memo_logged": ("policy: warm request, policy run each time, decision log line "
                                                 "written", None),
     "test_milter_session_null_decider": ("milter: whole session, fixed decision", "test_reference_milter_framing_only"),
+    "test_milter_session_null_decider_no_body": ("milter: whole session, fixed decision, no body asked (NOBODY, "
+                                                 "NOEOH, NODATA)", "test_reference_milter_framing_only"),
+    "test_milter_session_null_decider_no_message": ("milter: whole session, fixed decision, no header or body "
+                                                    "asked (NOHDRS too)", "test_reference_milter_framing_only"),
+    "test_decision_log_line": ("decision log line: fields, record, text format, file (flushed per loop turn)",
+                               "test_reference_decision_log_line_logger_info"),
+    "test_reference_decision_log_line_logger_info": ("reference: the same line through Logger.info, a flush per "
+                                                     "line", None),
     "test_milter_session_warm_engine": ("milter: whole session, warm engine", "test_reference_milter_framing_only"),
     "test_reference_milter_framing_only": ("reference: framing the same packets only", None),
     "test_dns_cold_query_checkid_client": ("DNS: cold query, checkid client (persistent UDP sockets, loopback server)",

@@ -10,6 +10,8 @@ message; QUIT: one read each, since the MTA waits for a reply after each group),
 set-up, framing, the session, the decisions (a fixed one, as ``bench/nullserver.py``, or the
 engine with every DNS answer cached), rendering and teardown; no socket. The reference only
 frames the same bytes (``Framer``): what any milter written on this stack must do at least.
+Two more rows play the sessions an MTA sends once the milter has negotiated steps away (the
+decider needs no body; no header either): fewer commands, the same verdicts.
 """
 from __future__ import annotations
 
@@ -36,6 +38,23 @@ GROUPS: list[list[Command]] = [
      HeaderField("Subject", "bench"), EndOfHeaders(), Body(b"hello\r\n" * 20), EndOfMessage()],
     [Quit()]]
 READS = [b"".join(codec.encode_command(c) for c in group) for group in GROUPS]
+#: what the MTA sends when the decider needs no body (NOBODY, NOEOH; and NODATA): the headers
+#: (forged ones are removed), no end of headers, no body
+READS_NO_BODY = [b"".join(codec.encode_command(c) for c in group if not isinstance(c, (Data, EndOfHeaders, Body)))
+                 for group in GROUPS]
+#: and when it needs no header either (NOHDRS): the envelope and the end of message
+READS_NO_MESSAGE = [b"".join(codec.encode_command(c) for c in group
+                             if not isinstance(c, (Data, HeaderField, EndOfHeaders, Body))) for group in GROUPS]
+
+
+class NeedingDecider(NullDecider):
+    """The null decider, saying what of a message it needs (what the milter negotiates)."""
+
+    def __init__(self, headers: bool, body: bool) -> None:
+        self.needs = (headers, body)
+
+    def content_needed(self) -> tuple[bool, bool]:
+        return self.needs
 
 
 class SinkTransport:
@@ -73,7 +92,7 @@ class SinkTransport:
         pass
 
 
-def _sessions(loop: asyncio.AbstractEventLoop, decider: Any) -> Any:
+def _sessions(loop: asyncio.AbstractEventLoop, decider: Any, reads: list[bytes] = READS) -> Any:
     state = ServerState()
     options = MilterOptions()
 
@@ -83,7 +102,7 @@ def _sessions(loop: asyncio.AbstractEventLoop, decider: Any) -> Any:
             proto = MilterProtocol(decider, state, options)
             transport = SinkTransport()
             proto.connection_made(transport)  # type: ignore[arg-type]
-            for data in READS:
+            for data in reads:
                 proto.data_received(data)
                 await asyncio.sleep(0)  # let a decision that suspended go on, as the next read would
             proto.connection_lost(None)
@@ -98,6 +117,16 @@ def _sessions(loop: asyncio.AbstractEventLoop, decider: Any) -> Any:
 def test_milter_session_null_decider(benchmark, loop):
     benchmark.extra_info["batch"] = BATCH
     benchmark(_sessions(loop, NullDecider()))
+
+
+def test_milter_session_null_decider_no_body(benchmark, loop):
+    benchmark.extra_info["batch"] = BATCH
+    benchmark(_sessions(loop, NeedingDecider(headers=True, body=False), READS_NO_BODY))
+
+
+def test_milter_session_null_decider_no_message(benchmark, loop):
+    benchmark.extra_info["batch"] = BATCH
+    benchmark(_sessions(loop, NeedingDecider(headers=False, body=False), READS_NO_MESSAGE))
 
 
 def test_milter_session_warm_engine(benchmark, server, loop):

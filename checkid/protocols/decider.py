@@ -11,7 +11,11 @@ that stage, comma-separated), ``action`` (``would_reject``, ``would_tempfail``,
 ``client_port`` and ``latency_ms``. Addresses appear as :meth:`Decider.log_address` shows them
 (``[policy] log_addresses``). A value that is not one plain word is JSON-quoted with every
 control character escaped, so no field a client sent (a HELO name with a line break) can
-start a line of its own or pass for another field.
+start a line of its own or pass for another field. The line is made without
+:meth:`logging.Logger.info`'s caller lookup (:func:`log_decision`).
+
+:func:`content_needed` tells a front-end what of a message a decider may read (the headers,
+the body), so the milter can ask the MTA to leave the rest out.
 """
 from __future__ import annotations
 
@@ -20,12 +24,13 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from checkid.engine.decision import BodySink, Decision, Envelope
 from checkid.engine.trace import Trace
 
 log = logging.getLogger("checkid.decision")
+_NAME = log.name
 
 #: what a plain logged word may not hold besides control characters: whitespace (``\s`` is
 #: exactly ``str.isspace``) and the characters that delimit values in the line. One regex
@@ -64,6 +69,40 @@ class Decider(Protocol):
         ...
 
 
+class ContentNeeds(NamedTuple):
+    """What of a message a decision at end of data may read: a front-end that can leave the
+    rest out (the milter negotiates it away) need not receive it."""
+
+    #: the header fields (DKIM verifies them; forged ones are removed)
+    headers: bool = True
+    #: the body (DKIM hashes it)
+    body: bool = True
+
+
+#: what a decider that does not say needs: everything
+ALL_CONTENT = ContentNeeds()
+
+
+class ContentAware(Protocol):
+    """A :class:`Decider` that can say what of a message it may need (the engine: from its
+    configuration and the serving policy)."""
+
+    def content_needed(self) -> tuple[bool, bool]:
+        """``(headers, body)``: whether a message's header fields, and its body, may be read
+        by any decision (for connections made from now on)."""
+        ...
+
+
+def content_needed(decider: Decider) -> ContentNeeds:
+    """What of a message ``decider`` may need: its own answer (:class:`ContentAware`),
+    everything when it has none. Asked once per connection, not per message."""
+    ask = getattr(decider, "content_needed", None)
+    if ask is None:
+        return ALL_CONTENT
+    headers, body = ask()
+    return ContentNeeds(bool(headers or body), bool(body))  # a body is not verified without its headers
+
+
 async def timed_decide(decider: Decider, envelope: Envelope, front: str, queue_id: str = "",
                        clock: Callable[[], float] = time.perf_counter, client_port: int | None = None) -> Decision:
     """``decider.decide(envelope)``, logged as one ``checkid.decision`` line with its latency.
@@ -76,9 +115,19 @@ async def timed_decide(decider: Decider, envelope: Envelope, front: str, queue_i
     start = clock()
     decision = await decider.decide(envelope, frontend=front)
     if log.isEnabledFor(logging.INFO):
-        fields = log_fields(decider, envelope, decision, queue_id, client_port, (clock() - start) * 1000)
-        log.info("%s %s", front, render(fields), extra={"fields": {"frontend": front, **fields}})
+        log_decision(front, log_fields(decider, envelope, decision, queue_id, client_port, (clock() - start) * 1000))
     return decision
+
+
+def log_decision(front: str, fields: dict[str, Any]) -> None:
+    """Write the decision line of ``fields`` (from :func:`log_fields`), as ``log.info`` would
+    but without its caller lookup (a walk up the stack for a file name and line no format
+    shows): the record is made here and handed to the logger's handlers. The caller checks
+    that INFO is enabled."""
+    record = logging.getLogRecordFactory()(_NAME, logging.INFO, __file__, 0, f"{front} {render(fields)}", None, None,
+                                           "timed_decide")
+    record.__dict__["fields"] = {"frontend": front, **fields}
+    log.handle(record)
 
 
 def log_fields(decider: Decider, envelope: Envelope, decision: Decision, queue_id: str, client_port: int | None,

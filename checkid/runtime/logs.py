@@ -13,9 +13,17 @@ the text format escapes control characters, line separators and surrogates in th
 (``\\n``, ``\\x1b``, ``\\xff`` for an undecodable byte) and indents a traceback's lines, so
 only a record's first line starts at the margin; the JSON format escapes them inside its
 strings. A message longer than :data:`MAX_LINE` is cut, and the cut is marked.
+
+A file or standard error is flushed once per turn of the running event loop rather than
+once per line (a decision line per request: under load many lines share one ``write``):
+a line written on the loop reaches the file when the loop turn that wrote it ends, one
+written with no loop running at once; :func:`logging.shutdown` (at exit, and in
+``exit_now`` before ``os._exit``) and a reopen flush what is left. Only a process killed
+during a loop turn (a fatal signal, SIGKILL) can lose lines: those of that turn.
 """
 from __future__ import annotations
 
+import asyncio
 import faulthandler
 import json
 import logging
@@ -23,6 +31,7 @@ import logging.handlers
 import re
 import socket
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, TextIO
@@ -111,11 +120,29 @@ class TextFormatter(logging.Formatter):
     or stack after it with each of its lines indented, escaped and bounded, so a line that
     starts at the margin is always a record's first."""
 
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._uses_time = self.usesTime()
+        #: the last second formatted by :meth:`formatTime` and its text (one line per
+        #: decision: most lines share their second with the one before)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """:meth:`logging.Formatter.formatTime`, the text of the second reused while it lasts."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return "%s,%03d" % (self._second[1], record.msecs)  # logging.Formatter's default_msec_format
+
     def format(self, record: logging.LogRecord) -> str:
         record.message = safe_message(record.getMessage())
-        if self.usesTime():
+        if self._uses_time:
             record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return line
         # not cached in record.exc_text: that is raw text another handler would write as is
         after = [self.formatException(record.exc_info) if record.exc_info else record.exc_text or "",
                  self.formatStack(record.stack_info) if record.stack_info else ""]
@@ -180,6 +207,60 @@ def parse_fields(message: str) -> Iterator[tuple[str, str]]:
         yield key, value
 
 
+class _TurnFlush(logging.StreamHandler):
+    """A stream handler that flushes once per loop turn (see the module's docstring)."""
+
+    #: the loop a flush is scheduled on (None: none pending)
+    _flush_loop: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # StreamHandler.emit without its flush per record; called with the handler's lock held
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nothing would flush later
+            self.flush()
+            return
+        if self._flush_loop is not loop:  # a flush pending on a loop that stopped does not count
+            self._flush_loop = loop
+            loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self.acquire()
+        try:
+            self._flush_loop = None
+            self.flush()
+        finally:
+            self.release()
+
+
+class TurnFlushStreamHandler(_TurnFlush):
+    """Standard error (or another stream), flushed once per loop turn."""
+
+
+class TurnFlushFileHandler(_TurnFlush, logging.FileHandler):
+    """A log file, flushed once per loop turn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:  # delayed or closed: FileHandler opens it (and flushes this once)
+            logging.FileHandler.emit(self, record)
+        else:
+            super().emit(record)
+
+
+def lean_records() -> None:
+    """Make records without what no format of this module shows: the thread's and the
+    process's names (the pid stays). Process-wide (these are :mod:`logging`'s switches)."""
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def setup_logging(config: Config) -> None:
     """Log to ``[server] log_file`` (a file, or ``"syslog"``), or to stderr when it is
     empty, in ``[server] log_format``.
@@ -205,10 +286,11 @@ def setup_logging(config: Config) -> None:
             else TextFormatter(SYSLOG_FORMAT)
     else:
         # a logged name may hold any byte the peer sent; never fail the write over one
-        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace") if path \
-            else logging.StreamHandler()
+        handler = TurnFlushFileHandler(path, encoding="utf-8", errors="backslashreplace") if path \
+            else TurnFlushStreamHandler()
         formatter = JsonFormatter() if server.log_format == "json" else TextFormatter(FORMAT)
     handler.setFormatter(formatter)
+    lean_records()
     logging.basicConfig(level=server.log_level.upper(), handlers=[handler], force=True)
 
 

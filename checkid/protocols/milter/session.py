@@ -24,6 +24,12 @@ before checkid's own headers are inserted, so the indexes are those of the messa
 received. When the end-of-message decision is due, the body is streamed into the sink
 :meth:`Decider.body_digest` gives at end of headers; it is never held here.
 
+What the MTA sends is negotiated down to what a decision may read: never DATA (``NODATA``),
+no body or end of headers when the decider needs no body, no header either when it needs
+none (:func:`~checkid.protocols.decider.content_needed`: no DKIM, no forged-header
+removal), and no reply where it would only be CONTINUE (``NR_*``). A body chunk that must
+be answered (no ``NR_BODY``) while no decision reads the body gets SKIP (``SMFIP_SKIP``).
+
 Counted in ``counts``: ``("forged_headers_removed", front)`` per header deleted and
 ``("forged_headers_kept", front)`` per one the MTA did not let us delete (no ``CHGHDRS``).
 
@@ -45,10 +51,10 @@ from typing import Any
 
 from checkid.engine.decision import Action, BodySink, Decision, Envelope
 from checkid.errors import ProtocolError
-from checkid.protocols.decider import Decider, timed_decide
+from checkid.protocols.decider import Decider, content_needed, timed_decide
 from checkid.protocols.limits import LimitExceeded
 from checkid.protocols.milter import replies
-from checkid.protocols.milter.events import (CONTINUE, PROGRESS, VERSION, Abort, Body, ChangeHeader, Command,
+from checkid.protocols.milter.events import (CONTINUE, PROGRESS, SKIP, VERSION, Abort, Body, ChangeHeader, Command,
                                              Connect, Data, EndOfHeaders, EndOfMessage, Flag, HeaderField, Helo,
                                              Macro, Mail, OptNeg, OptNegReply, Proto, Quit, QuitNoClose, Rcpt,
                                              Response, Stage, Unknown)
@@ -61,9 +67,16 @@ WANTED_ACTIONS = Flag.ADDHDRS | Flag.CHGHDRS | Flag.QUARANTINE | Flag.SETSYMLIST
 #: steps whose reply would only ever be CONTINUE: asked not to be answered (fewer round trips)
 NO_REPLY = (Proto.NR_CONN | Proto.NR_HELO | Proto.NR_DATA | Proto.NR_HDR | Proto.NR_EOH | Proto.NR_BODY
             | Proto.NR_UNKN)
-#: protocol bits asked for when offered: the no-reply steps, and header values with their
-#: leading space (DKIM hashes ``c=simple`` headers exactly)
-WANTED_PROTOCOL = NO_REPLY | Proto.HDR_LEADSPC
+#: protocol bits asked for when offered: the no-reply steps, header values with their
+#: leading space (DKIM hashes ``c=simple`` headers exactly), and no DATA: its reply is always
+#: CONTINUE and it carries nothing (Postfix still sends its macros; the queue id comes with
+#: those of end of message too)
+WANTED_PROTOCOL = NO_REPLY | Proto.HDR_LEADSPC | Proto.NODATA
+#: steps asked away when the decider needs no body (:func:`~checkid.protocols.decider.content_needed`):
+#: the body chunks, and the end of headers (where a body's sink is chosen)
+NO_BODY = Proto.NOBODY | Proto.NOEOH
+#: and when it needs no header either (no DKIM, no forged-header removal)
+NO_HEADERS = Proto.NOHDRS | Proto.NOEOH
 #: macros asked for with the OPTNEG macro-list extension
 MACROS = ((Stage.CONNECT, "j {client_addr}"), (Stage.ENVFROM, "i {mail_addr} {auth_authen}"), (Stage.ENVRCPT, "i"),
           (Stage.DATA, "i"), (Stage.EOM, "i"))
@@ -111,6 +124,7 @@ _NR_CONN, _NR_HELO, _NR_UNKN, _NR_DATA = int(Proto.NR_CONN), int(Proto.NR_HELO),
 _NR_HDR, _NR_EOH, _NR_BODY, _HDR_LEADSPC = (int(Proto.NR_HDR), int(Proto.NR_EOH), int(Proto.NR_BODY),
                                             int(Proto.HDR_LEADSPC))
 _WANTED_ACTIONS, _WANTED_PROTOCOL = int(WANTED_ACTIONS), int(WANTED_PROTOCOL)
+_NO_BODY, _NO_HEADERS, _NOBODY, _SKIP = int(NO_BODY), int(NO_HEADERS), int(Proto.NOBODY), int(Proto.SKIP)
 _ADDHDRS, _CHGHDRS, _QUARANTINE, _SETSYMLIST = (int(Flag.ADDHDRS), int(Flag.CHGHDRS), int(Flag.QUARANTINE),
                                                 int(Flag.SETSYMLIST))
 
@@ -248,10 +262,23 @@ class MilterSession:
         if not self.options.quarantine:
             actions &= ~_QUARANTINE
         self.actions = actions
-        self.protocol = self._protocol_bits = _WANTED_PROTOCOL & cmd.protocol if cmd.version >= 6 else 0
+        self.protocol = self._protocol_bits = self._protocol_for(cmd.protocol) if cmd.version >= 6 else 0
         self.state = State.READY
         macros = MACROS if actions & _SETSYMLIST else ()
         return [OptNegReply(min(cmd.version, VERSION), actions, self.protocol, macros)]
+
+    def _protocol_for(self, offered: int) -> int:
+        """The protocol bits to ask of an MTA offering ``offered``: the no-reply steps, no
+        DATA, and no body (no headers) when the decider needs none. SKIP when the body
+        chunks must be answered (no NR_BODY): a body no decision reads is then cut short at
+        its first chunk; with NR_BODY the MTA sends them without waiting, which costs less
+        than that round trip for the usual message of one chunk."""
+        needs = content_needed(self.decider)
+        wanted = _WANTED_PROTOCOL | (0 if needs.body else _NO_BODY) | (0 if needs.headers else _NO_HEADERS)
+        protocol = wanted & offered
+        if not protocol & (_NR_BODY | _NOBODY):
+            protocol |= _SKIP & offered
+        return protocol
 
     def _on_macro(self, cmd: Macro) -> list[Response]:
         """Keep the stage's macros. :raises LimitExceeded: past a macro bound"""
@@ -393,9 +420,13 @@ class MilterSession:
         return self._reply(_NR_EOH)
 
     def _on_body(self, cmd: Body) -> list[Response]:
-        if self.tx.sink is not None:
-            self.tx.sink.update(cmd.chunk)
-        return self._reply(_NR_BODY)
+        sink = self.tx.sink
+        if sink is not None:
+            sink.update(cmd.chunk)
+            return self._reply(_NR_BODY)
+        # no decision reads this body (none is due, or no signature needs it): SKIP the rest
+        bits = self._protocol_bits
+        return [] if bits & _NR_BODY else [SKIP] if bits & _SKIP else [CONTINUE]
 
     def _on_eom(self, cmd: EndOfMessage) -> Reaction:
         tx, self.tx = self.tx, Transaction()
