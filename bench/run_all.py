@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import cold, dkim, frontdoor, peers, runtime, scrapes
+from bench import cold, dkim, fleet, frontdoor, peers, runtime, scrapes
 from bench.report import ROWS, micro_table, per_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +196,8 @@ def main() -> None:
     step("metrics scrapes beside decisions")
     scrape_args = (2.0, 200.0, 4, 50, 2_000) if smoke else (10.0, 500.0, 8, 1000, 200_000)
     scrape_data = scrapes.measure(*scrape_args)
+    step("the fleet: the HAProxy hop and a Unbound hit")
+    fleet_data = fleet.measure(2.0, 2, 1, 20, 1, max_requests=200) if smoke else fleet.measure()
     minutes = (time.monotonic() - started) / 60
     step("writing the report")
 
@@ -272,6 +274,11 @@ def main() -> None:
         "oldest; it renders at most once a second; its process runs at nice 10).", "",
         "| run | decisions/s | p50 ms | p99 ms | errors | scrapes |", "|---|---|---|---|---|---|",
         scrapes.table("checkid", scrape_data), "",
+        "## The fleet: HAProxy hop and Unbound hit (issue 16)", "",
+        "`bench/fleet.py`: one daemon (1 worker), closed-loop policy decisions direct and through a private "
+        "HAProxy on deploy/haproxy.cfg's defaults, alternating in the same run; then a warm Unbound hit on "
+        "deploy/unbound.conf against the test DNS server directly.", "",
+        fleet.table(fleet_data), "",
     ]
     (args.out / "RESULTS.md").write_text("\n".join(md))
     step(f"done: {args.out / 'RESULTS.md'}")

@@ -208,3 +208,66 @@ def test_check_config_names_the_policy_line_at_fault(tmp_path):
     out = subprocess.run([sys.executable, "-m", "checkid", "check-config", "-c", str(conf)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and f"{policy}:2: syntax error" in out.stderr
+
+
+def haproxy_sections(text):
+    """deploy/haproxy.cfg as {"backend checkid_policy": [its lines, split into words]}."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(" ".join(words[:2]), [])
+        elif current is not None:
+            current.append(words)
+    return sections
+
+
+def test_haproxy_config_passes_haproxy_check_and_health_checks_every_backend():
+    path = ROOT / "deploy" / "haproxy.cfg"
+    out = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    sections = haproxy_sections(path.read_text())
+    defaults = sections["defaults"]
+    assert ["mode", "tcp"] in defaults and ["balance", "leastconn"] in defaults
+    [server_defaults] = [w for w in defaults if w[0] == "default-server"]
+    assert "check" in server_defaults
+    metrics_port = int(server_defaults[server_defaults.index("port") + 1])
+    sample = config_mod.load(ROOT / "deploy" / "checkid.toml")
+    assert metrics_port == int(sample.metrics.address.rsplit(":", 1)[1])  # the checks ask /healthz's port
+    backends = {name.split()[1]: lines for name, lines in sections.items() if name.startswith("backend ")}
+    listened = {int(lst.address.rsplit(":", 1)[1]) for lst in sample.listen if not lst.address.startswith("unix:")}
+    served = set()
+    for name, lines in backends.items():
+        assert ["option", "httpchk", "GET", "/healthz"] in lines, name
+        assert ["http-check", "expect", "status", "200"] in lines, name
+        servers = [w for w in lines if w[0] == "server"]
+        assert len(servers) >= 2, name
+        served |= {int(w[2].rsplit(":", 1)[1]) for w in servers}
+        if name == "checkid_smtp":  # the front door takes the client's address by the PROXY protocol
+            assert all("send-proxy-v2" in w for w in servers)
+    assert listened <= served  # every TCP listener of the sample configuration is balanced
+    # a host marked down while it drains keeps the connections it is answering
+    assert not any("shutdown-sessions" in w for lines in sections.values() for w in lines)
+
+
+def test_haproxy_marks_a_draining_host_down_within_the_leave_pool_the_config_advises():
+    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    [server_defaults] = [w for w in haproxy_sections(text)["defaults"] if w[0] == "default-server"]
+    seconds = {"s": 1.0, "ms": 0.001}
+
+    def duration(word):
+        number, unit = re.fullmatch(r"(\d+)(ms|s)?", word).groups()
+        return int(number) * seconds[unit or "ms"]
+    inter = duration(server_defaults[server_defaults.index("inter") + 1])
+    fall = int(server_defaults[server_defaults.index("fall") + 1])
+    [check_timeout] = [duration(w[2]) for w in haproxy_sections(text)["defaults"] if w[:2] == ["timeout", "check"]]
+    advised = float(re.search(r"leave_pool = ([\d.]+)", text).group(1))
+    assert advised >= inter * fall + check_timeout
+
+
+def test_unbound_config_passes_unbound_checkconf():
+    out = subprocess.run(["unbound-checkconf", str(ROOT / "deploy" / "unbound.conf")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -35,6 +35,12 @@ class ServerConfig:
                              "local5", "local6", "local7"] = "mail"
     #: seconds workers get to finish in-flight requests on SIGTERM/SIGINT
     grace: float = 10.0
+    #: seconds between SIGTERM and the drain during which ``/healthz`` answers 503
+    #: "draining" and the workers go on serving, so that a load balancer checking it marks
+    #: this host down before its connections close (HAProxy: at least ``inter`` × ``fall``
+    #: plus one check's ``timeout check``); 0: drain at once. Without ``[metrics] address``
+    #: nothing can see it, so there is no wait. A second SIGTERM/SIGINT ends the wait
+    leave_pool: float = 0.0
     #: a worker whose event loop has not ticked for this many seconds is replaced
     heartbeat_timeout: float = 10.0
     #: a front-end connection with no data and nothing in flight for this long is closed
@@ -62,7 +68,7 @@ class ServerConfig:
 
     def check(self, path: str) -> None:
         """:raises ConfigError: a worker count outside 0 to 256, a non-positive period, syslog
-        without a socket, a negative cap or budget"""
+        without a socket, a negative cap, budget or leave_pool"""
         if self.workers < 0 or self.workers > 256:
             raise ConfigError(f"{path}.workers: must be 0 (one per CPU) to 256")
         if self.log_file == SYSLOG and not self.syslog_socket:
@@ -70,6 +76,8 @@ class ServerConfig:
         for name in ("grace", "heartbeat_timeout", "idle_timeout", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: must be positive")
+        if self.leave_pool < 0:
+            raise ConfigError(f"{path}.leave_pool: must be 0 (drain at once) or more")
         for name in ("max_connections", "max_unfinished_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be 0 (none) or more")

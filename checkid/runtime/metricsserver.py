@@ -11,6 +11,13 @@ say nothing cannot hold the endpoint, and a fresh ``/healthz`` is answered even 
 flood. Each closing is counted (``metrics_connections_closed`` by reason) and logged, at most
 one line per kind every few seconds (:mod:`checkid.throttle`).
 
+``/healthz`` is what a load balancer checks (docs/fleet.md): 200 "ok" while the master lives
+and a worker serves; 503 "master gone", "workers gone" (none serving: all crashed, or not yet
+started) or "draining" (the master got SIGTERM and leaves the pool for ``[server]
+leave_pool`` seconds before its workers stop). The master says which in one byte of a shared
+anonymous mapping (:class:`Health`) it writes on each pass and that this process, forked
+from it, reads on each check: no signal, file or message between them.
+
 Scrapes must not take CPU from the workers' decisions (1,000 concurrent scrapes once raised
 decision p99 from 0.27 to 3.1 ms): the merged exposition is rendered at most once every
 ``RENDER_SECONDS`` and served from that copy meanwhile, so a flood of scrapes costs one
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import signal
 from collections import Counter
@@ -50,14 +58,47 @@ RENDER_SECONDS = 1.0
 NICE = 10
 
 
+class Health:
+    """The master's word on this host, one byte in a ``MAP_SHARED`` anonymous mapping: made
+    by the master before it forks the metrics process, so both see the same page."""
+
+    OK = 0
+    #: no worker serves
+    NO_WORKERS = 1
+    #: SIGTERM: leaving the pool, then draining
+    DRAINING = 2
+    #: the 503 body of each state
+    REASONS = {NO_WORKERS: "workers gone", DRAINING: "draining"}
+
+    def __init__(self) -> None:
+        self.map = mmap.mmap(-1, mmap.PAGESIZE)
+        self.map[0] = self.NO_WORKERS  # until a worker says it serves
+
+    def set(self, state: int) -> None:
+        self.map[0] = state
+
+    def get(self) -> int:
+        return self.map[0]
+
+
+def health_check(health: Health, master_pid: int, getppid: Callable[[], int] = os.getppid) -> Callable[[], str]:
+    """``/healthz``'s verdict for the metrics process: "" when healthy, else why not."""
+    def check() -> str:
+        if getppid() != master_pid:
+            return "master gone"
+        return Health.REASONS.get(health.get(), "")
+    return check
+
+
 class Connections:
     """The endpoint's open connections (oldest first), the cap and the counts."""
 
-    def __init__(self, healthy: Callable[[], bool], counts: Counter[tuple[str, ...]] | None = None,
+    def __init__(self, healthy: Callable[[], bool | str], counts: Counter[tuple[str, ...]] | None = None,
                  timeout: float = REQUEST_SECONDS, cap: int = MAX_CONNECTIONS,
                  render: Callable[[], tuple[bytes, str]] = metrics.render,
                  render_seconds: float = RENDER_SECONDS) -> None:
-        """:param healthy: what ``/healthz`` reports
+        """:param healthy: what ``/healthz`` reports: True (or "") when healthy; False (a
+            503 "master gone") or the 503's reason when not
         :param counts: ``("metrics_connections_closed", reason)`` counters, bumped here
         :param timeout: seconds a connection may stay open
         :param cap: connections open at once
@@ -155,8 +196,12 @@ class HttpProtocol(asyncio.Protocol):
                 return
             self._reply(200, body, ctype, head=method == b"HEAD")
         elif path == b"/healthz":
-            ok = self.healthy()
-            self._reply(200 if ok else 503, b"ok\n" if ok else b"master gone\n", head=method == b"HEAD")
+            verdict = self.healthy()
+            if verdict is True or verdict == "":
+                self._reply(200, b"ok\n", head=method == b"HEAD")
+            else:
+                reason = verdict if isinstance(verdict, str) else "master gone"
+                self._reply(503, f"{reason}\n".encode(), head=method == b"HEAD")
         else:
             self._reply(404, b"not found\n")
 
@@ -176,7 +221,7 @@ async def start(host: str, port: int, connections: Connections) -> asyncio.Serve
     return await loop.create_server(connections.protocol, host, port, reuse_address=True)
 
 
-async def serve(address: str, master_pid: int) -> int:
+async def serve(address: str, master_pid: int, health: Health) -> int:
     _, host, port = parse_listen(address)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -184,7 +229,7 @@ async def serve(address: str, master_pid: int) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
     exporter = metrics.Exporter()
-    connections = Connections(lambda: os.getppid() == master_pid)
+    connections = Connections(health_check(health, master_pid))
     server = await start(host, port, connections)
     log.info("metrics on http://%s/metrics", address)
     try:  # once listening: its start-up is not slowed, its scrapes are
@@ -203,13 +248,13 @@ async def serve(address: str, master_pid: int) -> int:
     return ExitCode.OK
 
 
-def run(address: str, master_pid: int) -> int:
+def run(address: str, master_pid: int, health: Health) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until its loop handles it
     try:
-        return uvloop.run(serve(address, master_pid))
+        return uvloop.run(serve(address, master_pid, health))
     except OSError as e:
         log.error("metrics server on %s: %s", address, e.strerror or e)
         return ExitCode.FAILURE

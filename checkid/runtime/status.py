@@ -74,6 +74,7 @@ def collect(config: Config) -> dict[str, Any]:
         out.update(
             pid=state["pid"], version=state["version"], uptime=round(time.time() - state["started"], 1),
             config=state["config"], generation=state["generation"], ready=state["ready"],
+            draining=state.get("draining", False),
             workers={"running": len(workers), "wanted": state["workers_wanted"],
                      "serving": sum(1 for w in workers if w["serving"])},
             policy=state["policy"], last_reload=state["reloads"][-1] if state["reloads"] else None,
@@ -117,7 +118,8 @@ def render(stats: dict[str, Any]) -> str:
         policy = stats["policy"]
         lines += [f"master       pid {stats['pid']}, checkid {stats['version']}, up {_duration(stats['uptime'])}",
                   f"config       {stats['config'] or '(embedded defaults)'}",
-                  f"workers      {w['serving']} serving of {w['wanted']} (generation {stats['generation']})",
+                  f"workers      {w['serving']} serving of {w['wanted']} (generation {stats['generation']})"
+                  + (", DRAINING: /healthz answers 503" if stats.get("draining") else ""),
                   f"policy       {policy['path']}: "
                   + (f"REFUSED on disk, the last good one serves: {policy['error']}" if policy["refused"] else "ok")]
         if stats["last_reload"]:

@@ -4,8 +4,11 @@ Its loop reads like gunicorn's: signal handlers only enqueue; each pass handles 
 signals, then ``reap_workers()``, ``kill_hung_workers()`` and ``maintain_worker_count()``.
 It holds no event loop, resolver, cache handle or thread at any fork.
 
-- SIGTERM/SIGINT: workers stop accepting and finish their connections' work within
-  ``server.grace``; then whatever is left is killed, and the master exits 0.
+- SIGTERM/SIGINT: first the host leaves its load balancer's pool: ``/healthz`` answers 503
+  "draining" while the workers go on serving for ``server.leave_pool`` seconds (none without
+  a metrics address; a second SIGTERM/SIGINT ends the wait). Then workers stop accepting and
+  finish their connections' work within ``server.grace``; whatever is left is killed, and the
+  master exits 0.
 - SIGHUP: reload the configuration and the policy; a bad one is refused (logged, counted)
   and the running one stays. So is a file that states nothing or leaves out a key the
   running configuration sets and whose default would change whom checkid asks
@@ -43,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 from checkid import __version__
@@ -112,6 +116,8 @@ class Master:
     ready: bool = False
     #: the last reloads, oldest first: seq, started (monotonic), generation, result, reason
     reloads: list[dict[str, Any]] = field(default_factory=list)
+    #: SIGTERM/SIGINT came: /healthz says "draining" from then on
+    draining: bool = False
 
     # -- set-up ---------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -123,6 +129,8 @@ class Master:
         self.pid = os.getpid()
         self.started = time.time()
         self._published = b""
+        #: what /healthz reports, shared with the metrics process (made before it is forked)
+        self.health = metricsserver.Health()
         #: started as root: the files it reads must be private to root and the run user
         self.strict = os.geteuid() == 0
         #: the ids the daemon runs as after the privilege drop (root's without [server] user)
@@ -251,6 +259,8 @@ class Master:
         notify.notify("STOPPING=1")
         self.publish()
         try:
+            if status == ExitCode.OK:
+                self.leave_pool()
             self.stop()
         finally:
             for name in (control.PID_FILE, control.STATE_FILE):
@@ -260,15 +270,66 @@ class Master:
                     pass
         return status
 
+    def leave_pool(self, clock: Callable[[], float] = time.monotonic,
+                   wait: Callable[[float], int | None] | None = None) -> bool:
+        """Say "draining" on ``/healthz`` and go on serving (and supervising) for
+        ``server.leave_pool`` seconds, so that a load balancer marks this host down while its
+        workers still answer. No wait without a metrics process. ``wait(timeout)`` returns
+        the next signal or None (the signal queue by default); ``clock`` is the time.
+
+        :returns: False when a second SIGTERM/SIGINT cut the wait short
+        """
+        self.draining = True
+        self.write_health()
+        seconds = self.config.server.leave_pool if self.metrics_pid else 0.0
+        if seconds <= 0:
+            return True
+        wait = wait or self._next_signal
+        log.info("master %d: leaving the pool: /healthz answers 503 for %g s, then the workers drain",
+                 self.pid, seconds)
+        deadline = clock() + seconds
+        while (left := deadline - clock()) > 0:
+            signum = wait(min(left, PASS_SECONDS))
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("master: %s again, draining now", signal.Signals(signum).name)
+                return False
+            if signum == signal.SIGUSR1:
+                self.handle_usr1()
+            elif signum == signal.SIGHUP:
+                log.warning("master: SIGHUP while stopping; not reloading")
+            self.reap_workers()  # a crashed worker is replaced: the host serves until it drains
+            self.kill_hung_workers()
+            self.maintain_worker_count()
+            self.read_worker_status()
+            self.publish()
+        return True
+
+    def _next_signal(self, timeout: float) -> int | None:
+        try:
+            return self.signals.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     # -- what the master tells the commands and systemd ------------------------------------
+    def write_health(self) -> None:
+        """Tell the metrics process what ``/healthz`` answers: draining, no worker serving
+        (a retiring one still answers its connections), or ok."""
+        if self.draining:
+            self.health.set(metricsserver.Health.DRAINING)
+        elif any(p.status.serving for p in self.workers.values()):
+            self.health.set(metricsserver.Health.OK)
+        else:
+            self.health.set(metricsserver.Health.NO_WORKERS)
+
     def read_worker_status(self) -> None:
-        """Read each worker's status; say READY=1, and finish a reload, once every worker
-        of the current generation serves."""
+        """Read each worker's status and pass on what ``/healthz`` says; say READY=1, and
+        finish a reload, once every worker of the current generation serves."""
         for proc in self.workers.values():
             try:
                 proc.status = control.decode_status(os.pread(proc.heartbeat.fileno(), control.STATUS_SIZE, 0))
             except OSError:
                 pass
+        self.write_health()
         current = [p for p in self.workers.values() if p.generation == self.generation and not p.retiring]
         if len(current) < self.nworkers or not all(p.status.serving for p in current):
             return
@@ -305,7 +366,8 @@ class Master:
             "config": self.config_path or "", "state_dir": str(self.state_dir),
             "metrics_dir": self.metrics_dir, "cache": self.cache_path if self.config.cache.shared else "",
             "policy": {"path": self.policy_path, "refused": bool(self.policy_error), "error": self.policy_error},
-            "generation": self.generation, "ready": self.ready, "workers_wanted": self.nworkers,
+            "generation": self.generation, "ready": self.ready, "draining": self.draining,
+            "workers_wanted": self.nworkers,
             "workers": [{"pid": p.pid, "slot": p.slot, "generation": p.generation, "retiring": p.retiring,
                          "serving": p.status.serving, "flushed": p.status.flushed, "entries": p.status.entries}
                         for p in sorted(self.workers.values(), key=lambda p: (p.slot, p.pid))],
@@ -515,7 +577,7 @@ class Master:
             try:
                 self._close_in_child(keep=set())
                 name_process("checkid-metrics")
-                code = metricsserver.run(address, self.pid)
+                code = metricsserver.run(address, self.pid, self.health)
             finally:
                 exit_now(code)
         self.metrics_pid = pid

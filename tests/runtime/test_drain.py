@@ -1,0 +1,210 @@
+"""Leaving a load balancer's pool (issue 16): ``/healthz`` answers 503 "draining" from SIGTERM
+on while the workers go on serving for ``[server] leave_pool`` seconds, 503 "workers gone"
+when no worker serves, and a second SIGTERM ends the wait."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from checkid import config as config_mod
+from checkid.config import Config
+from checkid.errors import ConfigError
+from checkid.runtime import control, metricsserver
+from checkid.runtime.metricsserver import Connections, Health, health_check
+from checkid.runtime.supervisor import Master, WorkerProc
+from testsupport.policy import ask
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
+from tests.conftest import run
+
+SECONDS = 30.0
+
+
+async def healthz(port: int) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split()[1]), answer.split(b"\r\n\r\n", 1)[1]
+
+
+def test_healthz_answers_what_the_master_wrote_into_the_shared_byte() -> None:
+    health = Health()
+    parent = [os.getpid()]
+    conns = Connections(health_check(health, os.getpid(), getppid=lambda: parent[0]))
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        server = await metricsserver.start("127.0.0.1", 0, conns)
+        port = server.sockets[0].getsockname()[1]
+        seen = [await healthz(port)]  # before any worker said it serves
+        for state in (Health.OK, Health.DRAINING, Health.NO_WORKERS):
+            health.set(state)
+            seen.append(await healthz(port))
+        parent[0] = 1  # the master died: the process was handed to init
+        seen.append(await healthz(port))
+        server.close()
+        return seen
+
+    assert run(scenario()) == [(503, b"workers gone\n"), (200, b"ok\n"), (503, b"draining\n"),
+                               (503, b"workers gone\n"), (503, b"master gone\n")]
+
+
+def test_the_health_byte_is_shared_with_a_forked_child() -> None:
+    health = Health()
+    health.set(Health.OK)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the metrics process's side: it sees what the master writes after the fork
+        code = 1
+        try:
+            os.read(read_end, 1)
+            code = 0 if health.get() == Health.DRAINING else 2
+        finally:
+            os._exit(code)
+    health.set(Health.DRAINING)
+    os.write(write_end, b"x")
+    _, status = os.waitpid(pid, 0)
+    os.close(read_end)
+    os.close(write_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def master_in(state_dir: Path, leave_pool: float = 5.0) -> Master:
+    config = Config()
+    server = dataclasses.replace(config.server, state_dir=str(state_dir), leave_pool=leave_pool)
+    master = Master(dataclasses.replace(config, server=server))
+    master.state_dir.mkdir(parents=True, exist_ok=True)
+    master.passes = 0  # type: ignore[attr-defined]
+
+    def supervised() -> bool:
+        master.passes += 1  # type: ignore[attr-defined]
+        return False
+    # no children of this test process are reaped, killed or forked
+    master.reap_workers = supervised  # type: ignore[method-assign]
+    master.kill_hung_workers = lambda: None  # type: ignore[method-assign]
+    master.maintain_worker_count = lambda: None  # type: ignore[method-assign]
+    return master
+
+
+class Clock:
+    """Time that moves only when the master waits."""
+
+    def __init__(self, signals: dict[int, int] | None = None) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        self.signals = signals or {}
+        self.health_seen: list[int] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, master: Master):
+        def wait(timeout: float) -> int | None:
+            self.health_seen.append(master.health.get())
+            self.waits.append(timeout)
+            signum = self.signals.get(len(self.waits))
+            if signum is None:
+                self.now += timeout
+            return signum
+        return wait
+
+
+def test_leave_pool_says_draining_and_serves_for_the_configured_seconds(tmp_path: Path) -> None:
+    master = master_in(tmp_path / "state", leave_pool=5.0)
+    master.metrics_pid = 12345  # a metrics process: someone can see /healthz
+    master.workers[1] = WorkerProc(1, 0, 0, open(os.devnull, "rb"), 0.0,
+                                   status=control.WorkerStatus(serving=True))
+    master.write_health()
+    assert master.health.get() == Health.OK
+    clock = Clock()
+    assert master.leave_pool(clock, clock.wait(master)) is True
+    assert sum(clock.waits) == pytest.approx(5.0)
+    assert set(clock.health_seen) == {Health.DRAINING}
+    assert master.passes == len(clock.waits)  # type: ignore[attr-defined]
+    # a worker still serving does not make it healthy again
+    master.read_worker_status()
+    assert master.health.get() == Health.DRAINING
+    master.workers[1].heartbeat.close()
+
+
+def test_a_second_sigterm_ends_the_wait_at_once(tmp_path: Path) -> None:
+    master = master_in(tmp_path / "state", leave_pool=60.0)
+    master.metrics_pid = 12345
+    clock = Clock(signals={3: signal.SIGTERM})
+    assert master.leave_pool(clock, clock.wait(master)) is False
+    assert len(clock.waits) == 3 and clock.now < 1000.0 + 60.0
+
+
+@pytest.mark.parametrize("leave_pool, metrics_pid", [(0.0, 12345), (5.0, 0)])
+def test_no_wait_without_a_leave_pool_or_without_a_metrics_process(tmp_path: Path, leave_pool: float,
+                                                                   metrics_pid: int) -> None:
+    master = master_in(tmp_path / "state", leave_pool=leave_pool)
+    master.metrics_pid = metrics_pid
+    clock = Clock()
+    assert master.leave_pool(clock, clock.wait(master)) is True
+    assert clock.waits == [] and master.health.get() == Health.DRAINING
+
+
+def test_no_worker_serving_is_workers_gone(tmp_path: Path) -> None:
+    master = master_in(tmp_path / "state")
+    master.write_health()
+    assert master.health.get() == Health.NO_WORKERS  # none started yet
+    with open(os.devnull, "rb") as heartbeat:
+        master.workers[7] = WorkerProc(7, 0, 0, heartbeat, 0.0, retiring=True,
+                                       status=control.WorkerStatus(serving=True))
+        master.write_health()
+        assert master.health.get() == Health.OK  # a retiring worker still answers its connections
+        del master.workers[7]
+        master.write_health()
+        assert master.health.get() == Health.NO_WORKERS
+
+
+def test_a_negative_leave_pool_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"server\.leave_pool"):
+        config_mod.from_dict({"server": {"leave_pool": -1}})
+
+
+def get_healthz(port: int) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def test_serve_leaves_the_pool_then_stops_on_a_second_sigterm(dns_server) -> None:
+    port = free_port()
+    workdir = world_readable_tmpdir("checkid-drain-")
+    toml = (f'[[listen]]\nprotocol = "policy"\naddress = "127.0.0.1:{port}"\n'
+            f'[server]\nworkers = 1\nstate_dir = "{workdir / "state"}"\nleave_pool = 600\n'
+            f'[dns]\nnameservers = ["{dns_server.address}"]\n[registry]\nzone = "registry.test"\n')
+    checkid = Checkid(toml, workdir, [port]).start()
+    try:
+        assert wait_until(lambda: get_healthz(checkid.metrics_port)[0] == 200, "/healthz 200", SECONDS)
+        assert checkid.proc is not None
+        checkid.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: get_healthz(checkid.metrics_port) == (503, b"draining\n"),
+                          "/healthz 503 draining", SECONDS)
+        # still serving while it leaves the pool, on new connections too
+        assert ask(port).startswith("PREPEND")
+        stats = subprocess.run([sys.executable, "-m", "checkid", "stats", "--json", "-c", str(checkid.config)],
+                               capture_output=True, text=True, timeout=60)
+        assert json.loads(stats.stdout)["draining"] is True, stats.stderr
+        assert checkid.proc.poll() is None
+        checkid.proc.send_signal(signal.SIGTERM)  # the second one: stop now, not in 600 s
+        assert checkid.proc.wait(SECONDS) == 0
+        log = checkid.log.read_text()
+        assert "leaving the pool" in log and "SIGTERM again" in log and "Traceback" not in log
+    finally:
+        checkid.stop()
