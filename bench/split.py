@@ -1,32 +1,48 @@
-"""How SO_REUSEPORT spreads a few long-lived connections over the workers (issue 15).
+"""How a few long-lived connections spread over the workers (issue 15).
 
-``checkid serve`` with 2 workers (one SO_REUSEPORT socket each) on the policy listener; for
-each connection count, ``--trials`` times: open that many persistent connections (as
-Postfix's smtpd processes hold them), ask one request on each, then read how many each
-worker has open from its own ``checkid_open_connections`` gauge file (the metrics directory
-holds one per worker process; /metrics shows only their sum), then close them all. The
-kernel hashes each connection's 4-tuple to a socket, so the split is a coin toss per
-connection: beside the measured spread this prints the binomial one.
+``checkid serve`` with 2 workers on the policy listener; for each connection count,
+``--trials`` times: open that many persistent connections (as Postfix's smtpd processes hold
+them), ask one request on each, then read how many each worker has open from its own
+``checkid_open_connections`` gauge file (the metrics directory holds one per worker process;
+/metrics shows only their sum), then close them all. Beside the measured spread this prints
+the binomial one: what per-worker ``SO_REUSEPORT`` sockets give, the kernel hashing each
+connection's 4-tuple to a worker whatever its load (checkid's listeners before issue 15;
+now one shared socket and an accept gate, :mod:`checkid.runtime.listeners`).
+
+``--herd`` instead forks ``--workers`` bare uvloop acceptors (a protocol that says ``hi`` and
+holds the connection) on each way of listening: ``gate`` (checkid's), ``shared`` (one socket,
+no gate) and ``reuseport`` (a socket per worker); for each it opens the persistent
+connections, then ``--short`` connections one after another (connect, read, close), and
+prints each worker's accepts, its wake-ups that found the queue empty (the thundering herd)
+and its deferrals to a less-loaded worker.
 
     .venv/bin/python -m bench.split [--counts 4,16,64] [--trials 20] [--workers 2]
+    .venv/bin/python -m bench.split --herd [--counts 16] [--short 500] [--workers 4]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import os
+import re
 import shutil
+import signal
 import socket
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict
 
 from bench.runtime import ZONES
+from checkid.config import ListenConfig
 from checkid.protocols.postfix_policy import codec as pol
+from checkid.runtime import listeners
 from testsupport.dnsserver import TestDnsServer, Zones
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 REQUEST = pol.encode_request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
                               "client_address": "192.0.2.1", "helo_name": "example.com", "sender": "",
@@ -78,11 +94,14 @@ address = "127.0.0.1:{port}"
 [server]
 workers = {workers}
 state_dir = "{workdir / 'state'}"
-log_level = "warning"
+log_level = "info"
 [dns]
 nameservers = ["{server.address}"]
 """
-        with Checkid(toml, workdir, [port]):
+        with Checkid(toml, workdir, [port]) as checkid:
+            # every worker polling first: the first to start would take a whole trial alone
+            wait_until(lambda: len(re.findall(r"worker \d+ serving", checkid.log.read_text())) == workers,
+                       "every worker serving", 30.0)
             metrics_dir = workdir / "state" / "metrics"
             for n in counts:
                 out[n] = []
@@ -121,13 +140,123 @@ def table(results: dict[int, list[list[int]]], workers: int) -> str:
     return "\n".join(lines)
 
 
+class Holder(asyncio.Protocol):
+    """Says ``hi`` and holds the connection until the client closes it."""
+
+    def __init__(self, open_now: list[int]) -> None:
+        self.open_now = open_now
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.open_now[0] += 1
+        transport.write(b"hi")  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open_now[0] -= 1
+
+
+async def _acceptor(sock: socket.socket) -> Counter[tuple[str, ...]]:
+    loop = asyncio.get_running_loop()
+    counts: Counter[tuple[str, ...]] = Counter()
+    open_now = [0]
+
+    def made() -> asyncio.Protocol:
+        counts[("accepted",)] += 1
+        return Holder(open_now)
+
+    acceptor = listeners.Acceptor(loop, sock, made, counts, open_count=lambda: open_now[0], label="policy")
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    acceptor.start()
+    await stop.wait()
+    acceptor.close()
+    return counts
+
+
+def _sockets(mode: str, port: int, workers: int) -> list[socket.socket]:
+    if mode == "gate":
+        return listeners.bind(ListenConfig(protocol="policy", address=f"127.0.0.1:{port}"), workers).sockets
+    socks = []
+    for _ in range(1 if mode == "shared" else workers):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if mode == "reuseport":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(listeners.BACKLOG)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks * workers if mode == "shared" else socks
+
+
+def herd(mode: str, workers: int, persistent: int, short: int) -> list[dict[str, int]]:
+    """Each worker's accepts, empty wake-ups and deferrals: ``persistent`` connections held
+    open, then ``short`` ones one after another."""
+    import uvloop
+
+    port = free_port()
+    socks = _sockets(mode, port, workers)
+    children = []
+    for slot in range(workers):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            counts = uvloop.run(_acceptor(socks[slot]))
+            os.write(w, json.dumps({"accepted": counts[("accepted",)],
+                                    "empty": counts[("accept_wakeups", "policy", "empty")],
+                                    "deferred": counts[("accept_wakeups", "policy", "deferred")]}).encode())
+            os._exit(0)
+        os.close(w)
+        children.append((pid, r))
+    time.sleep(0.5)  # the workers start polling (a benchmark, not a test)
+    held = []
+    for _ in range(persistent):
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert held[-1].recv(2) == b"hi"
+    time.sleep(0.2)
+    for _ in range(short):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert c.recv(2) == b"hi"
+    out = []
+    for pid, r in children:
+        os.kill(pid, signal.SIGTERM)
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+        os.waitpid(pid, 0)
+        out.append(json.loads(data))
+    for c in held:
+        c.close()
+    for sock in set(socks):
+        sock.close()
+    return out
+
+
+def herd_table(workers: int, persistent: int, short: int) -> str:
+    lines = [f"| listening ({workers} workers) | accepts per worker ({persistent} persistent + {short} short) | "
+             "empty wake-ups per accept | deferrals per accept |", "|---|---|---:|---:|"]
+    for mode in ("reuseport", "shared", "gate"):
+        got = herd(mode, workers, persistent, short)
+        total = sum(g["accepted"] for g in got) or 1
+        lines.append(f"| {mode} | {' / '.join(str(g['accepted']) for g in got)} | "
+                     f"{sum(g['empty'] for g in got) / total:.2f} | {sum(g['deferred'] for g in got) / total:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="4,16,64")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--herd", action="store_true")
+    parser.add_argument("--short", type=int, default=500)
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
+    if args.herd:
+        for n in counts:
+            print(herd_table(args.workers, n, 0))
+            print(herd_table(args.workers, 0, args.short))
+        return
     print(table(measure(counts, args.trials, args.workers), args.workers))
 
 

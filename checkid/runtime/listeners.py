@@ -1,12 +1,23 @@
 """Listening sockets, created once by the master and kept by it for the daemon's life.
 
-A TCP listener gets one ``SO_REUSEPORT`` socket per worker slot: the kernel spreads new
-connections over them evenly, and because the master keeps every socket open, a worker that
-dies leaves its slot's queue intact for the worker that takes the slot over: nothing queued
-is refused. A unix-socket listener is one socket shared by all workers (the kernel does not
-balance AF_UNIX across reuseport sockets). Its file is removed on exit when the master may
-(after a privilege drop it often may not: the directory is root's); otherwise it stays, and
-the next start replaces it.
+Every listener, TCP or unix, is ONE listening socket that all workers poll, with an
+:class:`AcceptGate` beside it: shared memory in which each worker slot publishes how many
+connections it has open on that listener. A worker woken by a new connection takes it only
+if no live worker has fewer (:func:`may_accept`); otherwise it stops polling for
+``DEFER_SECONDS`` at a time while the less-loaded worker takes it, and if that one does not
+(stalled, or dead with a low count left behind: after ``STALL_SECONDS``; whatever the others
+do: after ``PATIENCE_SECONDS``), the deferring worker takes it. Postfix's policy
+clients and milter sessions hold few, long connections: per-worker ``SO_REUSEPORT`` sockets
+(what this module did before) hash each one's 4-tuple to a worker regardless of load, so 16
+connections over 2 workers split 11:5 or worse in 6 trials of 20, and the busier
+worker's queueing sets the p99 long before the pair is at its maximum (issue 15;
+``bench/split.py`` measures it, ``docs/architecture.md`` has the figures).
+
+Because the master keeps the socket, a worker that dies leaves its queue to the others:
+nothing queued is refused. Each slot gets its own descriptor for the socket (a ``dup``) so
+that :meth:`Listener.for_slot` can carry the slot with it; they all name the one socket. A
+unix listener's file is removed on exit when the master may (after a privilege drop it often
+may not: the directory is root's); otherwise it stays, and the next start replaces it.
 
 A worker accepts with an :class:`Acceptor`, not the event loop's own server: at the
 descriptor limit libuv (under uvloop) accepts each waiting connection and closes it at once,
@@ -25,12 +36,15 @@ import contextlib
 import errno
 import grp
 import logging
+import mmap
 import os
 import pwd
+import select
 import socket
 import stat
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from checkid.config import ListenConfig, parse_listen
@@ -49,17 +63,95 @@ ACCEPT_RETRY_SECONDS = 1.0
 #: accept() errors that mean "no descriptor or memory now", not a broken listener
 RESOURCE_ERRORS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS",
                    errno.ENOMEM: "ENOMEM"}
+#: a worker that leaves a connection to a less-loaded one stops polling this long, then looks
+#: again. It stays in the others' comparison meanwhile: left out, it would let the other take
+#: a whole queue of connections in one wake-up. So two workers may both wait, this long at most
+DEFER_SECONDS = 0.002
+#: a connection still waiting this long after a worker first left it, with no less-loaded
+#: worker heard from since (its loop stalled, or it died with a low count published), is
+#: taken by the worker that left it ...
+STALL_SECONDS = 0.02
+#: ... and after this long it is taken whatever the others do: the bound on the wait
+PATIENCE_SECONDS = 0.1
+#: each acceptor republishes its count this often (closes are published no sooner) ...
+REFRESH_SECONDS = 0.5
+#: ... and a slot not published for this long is left out of the comparison: a dead worker
+#: (or one never started) neither holds the others back nor is waited for
+STALE_SECONDS = 2.0
+
+
+def may_accept(mine: int, others: Iterable[int]) -> bool:
+    """The gate's rule: a worker with ``mine`` connections open takes a new one unless some
+    other live worker has fewer. The least-loaded worker always may, so some worker always
+    may; ties all may (whichever accept() wins)."""
+    return all(mine <= other for other in others)
+
+
+class AcceptGate:
+    """Each worker slot's open connections on one listener, in anonymous shared memory the
+    master maps before forking: a slot's worker writes only its own entry, reads the others.
+
+    An entry is (count, when published, in ``clock`` nanoseconds; 0: absent). Entries are
+    aligned 8-byte words, written and read whole; a value read while it changes is advisory
+    only: the worst it does is one connection to the busier worker, or one deferral.
+    """
+
+    def __init__(self, slots: int, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.slots = slots
+        self.clock = clock
+        self._map = mmap.mmap(-1, 16 * max(slots, 1))
+        self._words = memoryview(self._map).cast("q")
+
+    def publish(self, slot: int, count: int) -> None:
+        """Slot ``slot`` has ``count`` connections open, as of now."""
+        self._words[2 * slot] = count
+        self._words[2 * slot + 1] = self.clock()
+
+    def withdraw(self, slot: int) -> None:
+        """Slot ``slot`` is not accepting (stopping, or paused): the others do not wait for it."""
+        self._words[2 * slot + 1] = 0
+
+    def others(self, slot: int) -> list[int]:
+        """The counts of the other slots published within ``STALE_SECONDS``."""
+        oldest = self.clock() - int(STALE_SECONDS * 1e9)
+        words = self._words
+        return [words[2 * i] for i in range(self.slots)
+                if i != slot and words[2 * i + 1] > 0 and words[2 * i + 1] >= oldest]
+
+    def heard_since(self, slot: int, since: int, below: int) -> bool:
+        """Whether another slot with fewer than ``below`` connections published at or after
+        ``since`` (``clock`` ns): its loop is running, so it is taking what it is woken for."""
+        words = self._words
+        return any(words[2 * i + 1] >= since and words[2 * i] < below for i in range(self.slots) if i != slot)
+
+    def may_accept(self, slot: int, count: int) -> bool:
+        """Publish ``count`` for ``slot``; whether it may take a new connection now."""
+        self.publish(slot, count)
+        return may_accept(count, self.others(slot))
+
+
+class SlotSocket(socket.socket):
+    """A descriptor of a listener's one socket, for one worker slot: the acceptor built on it
+    learns the gate and the slot from it, so the worker's own code need not pass them."""
+
+    __slots__ = ("gate", "slot")
+
+    def __init__(self, shared: socket.socket, gate: AcceptGate, slot: int) -> None:
+        super().__init__(shared.family, shared.type, shared.proto, os.dup(shared.fileno()))
+        self.setblocking(False)
+        self.gate = gate
+        self.slot = slot
 
 
 @dataclass
 class Listener:
     config: ListenConfig
-    #: TCP: one socket per worker slot; unix: a single shared socket
+    #: one descriptor per worker slot, all of the one listening socket every worker polls
     sockets: list[socket.socket]
     unix_path: str = ""
 
     def for_slot(self, slot: int) -> socket.socket:
-        return self.sockets[slot] if len(self.sockets) > 1 else self.sockets[0]
+        return self.sockets[slot]
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -74,14 +166,17 @@ class Listener:
 
 
 def bind(config: ListenConfig, slots: int) -> Listener:
-    """Bind ``config``'s address. :raises ConfigError: naming the address that failed"""
+    """Bind ``config``'s address: one socket, a descriptor and a gate entry for each of
+    ``slots`` workers. :raises ConfigError: naming the address that failed"""
     kind, host, port = parse_listen(config.address)
     try:
-        if kind == "unix":
-            return Listener(config, [_unix(host, config)], host)
-        return Listener(config, [_tcp(host, port) for _ in range(slots)])
+        shared = _unix(host, config) if kind == "unix" else _tcp(host, port)
     except OSError as e:
         raise ConfigError(f"listen {config.address}: {e.strerror or e}") from None
+    with shared:  # each slot's descriptor keeps the socket open
+        gate = AcceptGate(slots)
+        return Listener(config, [SlotSocket(shared, gate, slot) for slot in range(max(slots, 1))],
+                        host if kind == "unix" else "")
 
 
 def _tcp(host: str, port: int) -> socket.socket:
@@ -89,7 +184,6 @@ def _tcp(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
@@ -97,7 +191,6 @@ def _tcp(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
 
 def _unix(path: str, config: ListenConfig) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
@@ -130,6 +223,12 @@ class Acceptor:
     counted as ``("accept_errors", "EMFILE")`` (and so on) in ``counts``. :meth:`close` stops
     accepting and leaves the socket open: the master keeps it and its queue.
 
+    On a :class:`SlotSocket` the acceptor is gated: before each accept it publishes its count
+    (``open_count()`` plus connections being handed over) and, when a live worker has fewer,
+    leaves the connection to it (counted as ``("accept_wakeups", label, "deferred")``). A
+    wake-up that finds the queue empty, another worker having taken the connection, counts as
+    ``("accept_wakeups", label, "empty")``: the price of every worker polling one socket.
+
     :param max_connections: the cap on this listener's open connections (0: none), of which
         ``open_count()`` says how many there are (connections being handed over count too)
     :param label: the front-end name in the refusal's counter and log line
@@ -153,6 +252,12 @@ class Acceptor:
         self._throttle = LogThrottle()
         self._refusals = LogThrottle()
         self._tasks: set[asyncio.Task[object]] = set()
+        self.gate: AcceptGate | None = getattr(sock, "gate", None)
+        self.slot: int = getattr(sock, "slot", 0)
+        self._deferred: asyncio.TimerHandle | None = None
+        self._deferred_at = 0
+        self._deferrals = 0
+        self._refresh: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Start (or resume) accepting."""
@@ -160,25 +265,83 @@ class Acceptor:
         if not self.closed and not self._reading:
             self.loop.add_reader(self.sock.fileno(), self._accept)
             self._reading = True
+            if self.gate is not None:
+                self._republish()
 
     def close(self) -> None:
         """Stop accepting; the listening socket stays open."""
         self.closed = True
         self._pause()
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
+        for timer in (self._resume, self._deferred, self._refresh):
+            if timer is not None:
+                timer.cancel()
+        self._resume = self._deferred = self._refresh = None
 
     def _pause(self) -> None:
         if self._reading:
             self.loop.remove_reader(self.sock.fileno())
             self._reading = False
+        if self.gate is not None:
+            self.gate.withdraw(self.slot)
+
+    def _load(self) -> int:
+        return self.open_count() + len(self._tasks)
+
+    def _republish(self) -> None:
+        """Publish the count (closes lower it unseen otherwise) and that this slot is live."""
+        assert self.gate is not None
+        if self._refresh is not None:
+            self._refresh.cancel()
+        self._refresh = None
+        if self._reading or self._deferred is not None:
+            self.gate.publish(self.slot, self._load())
+            self._refresh = self.loop.call_later(REFRESH_SECONDS, self._republish)
+
+    def _defer(self) -> None:
+        """Leave the waiting connection to a less-loaded worker for ``DEFER_SECONDS``."""
+        assert self.gate is not None
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+        if not self._deferrals:
+            self.counts[("accept_wakeups", self.label, "deferred")] += 1
+            self._deferred_at = self.gate.clock()
+        self._deferrals += 1
+        self._deferred = self.loop.call_later(DEFER_SECONDS, self._after_deferring)
+
+    def _after_deferring(self) -> None:
+        self._deferred = None
+        if not select.select([self.sock], [], [], 0)[0]:
+            self._deferrals = 0  # another worker took it: the next wait starts afresh
+        self.start()  # a connection still waiting wakes this loop again, and the gate decides
+
+    def _gated(self) -> bool:
+        """Whether to leave the waiting connection to another worker. Not when this one left
+        it ``STALL_SECONDS`` ago and no less-loaded worker was heard from since (stalled, or
+        dead with a low count left behind), nor after ``PATIENCE_SECONDS``: a connection
+        waits a bounded time, whatever the others do."""
+        assert self.gate is not None
+        load = self._load()
+        if self.gate.may_accept(self.slot, load):
+            return False
+        if not self._deferrals:
+            return True
+        waited = (self.gate.clock() - self._deferred_at) / 1e9
+        if waited >= PATIENCE_SECONDS:
+            return False
+        return waited < STALL_SECONDS or self.gate.heard_since(self.slot, self._deferred_at, load)
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for i in range(ACCEPT_BATCH):
+            if self.gate is not None and self._gated():
+                self._defer()
+                return
             try:
                 conn, _peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
+                self._deferrals = 0
+                if i == 0:
+                    self.counts[("accept_wakeups", self.label, "empty")] += 1
                 return
             except ConnectionAbortedError:
                 continue  # the client gave up while queued
@@ -195,6 +358,9 @@ class Acceptor:
             task: asyncio.Task[object] = self.loop.create_task(self._hand_over(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if self.gate is not None:
+                self._deferrals = 0
+                self.gate.publish(self.slot, self._load())
 
     def _refuse(self, conn: socket.socket) -> None:
         """At the cap: close the new connection at once; count it, log (rate-limited)."""

@@ -428,7 +428,7 @@ def test_a_worker_replaced_after_a_broken_edit_serves_the_last_good_policy(dns_s
         wait_until(lambda: len(live(worker_pids(checkid))) == 2 and len(worker_pids(checkid)) == 3,
                    "a replacement worker", WAIT_SECONDS)
         assert checkid.proc.poll() is None
-        # 40 new connections: SO_REUSEPORT gives the replacement its share of them
+        # 40 new connections: the accept gate gives the replacement its share of them
         replies = [ask(checkid.port, helo="example.net") for _ in range(40)]
         assert all(r.startswith(filtering) for r in replies), Counter(replies)
         assert "could not start" not in checkid.log.read_text()

@@ -10,7 +10,7 @@ connections are still open (idle time is the idle timer's, not the request deadl
 worker was replaced. Valid latency (p50, p99) and worker RSS are recorded, not asserted.
 
 The daemon's connection cap is raised to hold every idle connection (``max_connections`` per
-listener in each worker: the kernel's SO_REUSEPORT spread is uneven), and so is the
+listener in each worker: the spread is even only within one connection per worker), and so is the
 descriptor limit, which the daemon inherits from this process.
 """
 from __future__ import annotations
