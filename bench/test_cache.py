@@ -1,7 +1,7 @@
 """Cache layer cost per lookup (pytest-benchmark), beside a plain dict lookup in the same run.
 
-Run: ``sh bench/micro``. The layers are the engine's: the per-worker memory cache (L1,
-cachetools LRU with per-entry expiry), the shared LMDB layer (L2) reached through
+Run: ``sh bench/micro``. The layers are the engine's: the per-worker memory cache (L1, an
+LRU with per-entry expiry, :class:`MemoryCache`), the shared LMDB layer (L2) reached through
 :class:`LayeredCache` when L1 misses (the hit is copied into L1, as in a worker), and a miss
 in both. Keys and values are what the DNS client stores: ``(name, type)`` and a
 :class:`DnsAnswer`.

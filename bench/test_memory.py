@@ -2,7 +2,9 @@
 
 Run: ``sh bench/micro``. The worker calls ``malloc_trim(0)`` every ``TRIM_SECONDS`` from its
 tick (:mod:`checkid.runtime.worker`); here the heap holds a memory cache filled to the
-default size with DNS answers, the state in which a trim walks the most.
+default size with the border trace's mix of entries (bench/workermem.py: DNSBL answers, SPF
+records and results, registry records, each key and value made afresh as the DNS client
+makes them), the state in which a trim walks the most.
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import time
 
 import pytest
 
+from bench.workermem import MIX, border_entry
 from checkid.config import DnsConfig
 from checkid.engine.dns.cache import MemoryCache
-from checkid.engine.dns.client import DnsAnswer, Outcome
 from checkid.runtime.worker import heap_trimmer
 
 trim = heap_trimmer()
@@ -24,9 +26,9 @@ def full_cache() -> MemoryCache:
     size = DnsConfig().cache_size
     cache = MemoryCache(size)
     expires = time.monotonic() + 86400
+    kinds = [kind for kind, share in MIX for _ in range(round(share * 100))]
     for i in range(size):
-        cache.put((f"{i & 255}.{i >> 8 & 255}.{i >> 16}.100.dnsbl.example", "A"),
-                  DnsAnswer(Outcome.NXDOMAIN, (), 3600), expires)
+        cache.put(*border_entry(kinds[i % len(kinds)], i), expires)
     return cache
 
 

@@ -23,7 +23,7 @@ _PLAIN_IP = re.compile(r"[0-9A-Fa-f.:]+\Z")
 
 
 # Pure functions of their text, asked again for every transaction of a busy sender: cached.
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def parse_ip(text: str) -> IPAddress | None:
     """The client address, IPv4-mapped IPv6 folded to IPv4; None when it is not a plain
     IPv4 or IPv6 address (unparseable, or with a scope ID or any other decoration)."""
@@ -42,7 +42,7 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def domain(text: str) -> str | None:
     """``text`` as a lower-case fully qualified domain name, or None when it is not one."""
     name = text.strip().lower().rstrip(".")

@@ -52,7 +52,7 @@ class ListResult:
 CLEAR = ListResult(Verdict.CLEAR)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def reverse_name(ip: IPAddress) -> str:
     """The DNSBL key: reversed octets for IPv4, reversed nibbles for IPv6 (RFC 5782)."""
     if ip.version == 4:

@@ -1,16 +1,19 @@
 """The answer cache behind one interface, with expiry checked against a given ``now``.
 
-:class:`MemoryCache` is the per-process layer (cachetools LRU, per-entry expiry).
+:class:`MemoryCache` is the per-process layer (an LRU with per-entry expiry, equal values
+stored once).
 :class:`LayeredCache` puts a fast layer in front of a slower shared one, so that a
 cross-process layer slots in underneath without touching callers.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import cachetools
+#: distinct values :class:`MemoryCache` remembers for sharing; past it, it starts afresh
+SHARED_VALUES = 1024
 
 
 @dataclass(slots=True)
@@ -57,10 +60,24 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """A bounded in-process LRU whose entries each carry their own expiry."""
+    """A bounded in-process LRU whose entries each carry their own expiry.
 
-    def __init__(self, maxsize: int) -> None:
-        self._data: cachetools.LRUCache[Hashable, tuple[Any, float]] = cachetools.LRUCache(max(1, maxsize))
+    The worker's memory budget is mostly this cache's entries (issue 15), so each costs as
+    little as it can: one ``OrderedDict`` (key -> ``(value, expires)``, least recently used
+    first; cachetools' LRU keeps a second dict beside it, and a plain dict's eviction from
+    the front gets slower with every deletion), and values shared: a value equal to one
+    stored recently (the same NXDOMAIN for thousands of DNSBL names, the same SPF pass) is
+    stored as that one object. The values are immutable (frozen dataclasses of tuples), so
+    sharing them is invisible to readers.
+    """
+
+    def __init__(self, maxsize: int, shared_values: int = SHARED_VALUES) -> None:
+        self.maxsize = max(1, maxsize)
+        self._data: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
+        #: value -> the instance of it the entries share; bounded, cleared when full (a
+        #: value still shared stays shared: only later puts of it make a new instance)
+        self._shared: dict[Any, Any] = {}
+        self._shared_max = max(0, shared_values)
         self.stats = CacheStats()
 
     def get(self, key: Hashable, now: float) -> Any | None:
@@ -76,15 +93,37 @@ class MemoryCache:
             del self._data[key]
             self.stats.misses += 1
             return None
+        self._data.move_to_end(key)
         self.stats.hits += 1
         return entry
 
     def put(self, key: Hashable, value: Any, expires: float) -> None:
         self.stats.puts += 1
-        self._data[key] = (value, expires)
+        data = self._data
+        data[key] = (self._share(value), expires)
+        data.move_to_end(key)
+        if len(data) > self.maxsize:
+            data.popitem(last=False)
+
+    def _share(self, value: Any) -> Any:
+        """The stored instance equal to ``value`` (of its type), else ``value``, now stored."""
+        if not self._shared_max:
+            return value
+        shared = self._shared
+        try:
+            known = shared.get(value)
+        except TypeError:  # unhashable: stored as it is
+            return value
+        if known is not None and type(known) is type(value):
+            return known
+        if len(shared) >= self._shared_max:
+            shared.clear()
+        shared[value] = value
+        return value
 
     def flush(self) -> None:
         self._data.clear()
+        self._shared.clear()
 
     def drop(self, matches: Callable[[Hashable], bool]) -> int:
         """Remove every entry whose key ``matches``; returns how many went."""
@@ -92,6 +131,10 @@ class MemoryCache:
         for key in victims:
             del self._data[key]
         return len(victims)
+
+    def keys(self) -> list[Hashable]:
+        """The keys, least recently used first (for tools and tests)."""
+        return list(self._data)
 
     def __len__(self) -> int:
         return len(self._data)

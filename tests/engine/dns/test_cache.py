@@ -34,3 +34,35 @@ def test_layered_cache_promotes_back_hits_with_their_expiry():
     assert back.get("x", 0) == "y" and front.get("x", 0) == "y"
     layered.flush()
     assert layered.get("x", 0) is None
+
+
+def test_memory_cache_stores_equal_values_once():
+    from checkid.engine.dns.client import DnsAnswer, Outcome
+
+    cache = MemoryCache(10)
+    cache.put(("1.0.0.127.dnsbl.example", "A"), DnsAnswer(Outcome.NXDOMAIN, (), 3600), 100.0)
+    cache.put(("2.0.0.127.dnsbl.example", "A"), DnsAnswer(Outcome.NXDOMAIN, (), 3600), 200.0)
+    cache.put(("3.0.0.127.dnsbl.example", "A"), DnsAnswer(Outcome.NXDOMAIN, (), 60), 200.0)
+    first = cache.get(("1.0.0.127.dnsbl.example", "A"), 0)
+    assert first is cache.get(("2.0.0.127.dnsbl.example", "A"), 0)
+    assert cache.get(("3.0.0.127.dnsbl.example", "A"), 0) == DnsAnswer(Outcome.NXDOMAIN, (), 60)
+    # each entry keeps its own expiry
+    assert cache.get(("1.0.0.127.dnsbl.example", "A"), 150.0) is None
+    assert cache.get(("2.0.0.127.dnsbl.example", "A"), 150.0) == DnsAnswer(Outcome.NXDOMAIN, (), 3600)
+
+
+def test_memory_cache_shares_only_values_of_the_same_type_and_stores_unhashable_ones():
+    cache = MemoryCache(10)
+    cache.put("a", 1, 1e9)
+    cache.put("b", True, 1e9)  # equal to 1, and hashes the same, but not the same value
+    cache.put("c", [1, 2], 1e9)
+    assert cache.get("b", 0) is True and cache.get("a", 0) == 1 and type(cache.get("a", 0)) is int
+    assert cache.get("c", 0) == [1, 2]
+
+
+def test_memory_cache_sharing_table_is_bounded():
+    cache = MemoryCache(100, shared_values=4)
+    for i in range(50):
+        cache.put(i, ("value", i), 1e9)
+        assert len(cache._shared) <= 4
+    assert [cache.get(i, 0) for i in range(50)] == [("value", i) for i in range(50)]
