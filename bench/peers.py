@@ -97,9 +97,11 @@ def plan(args: argparse.Namespace) -> list[Run]:
     return out
 
 
-def rss_kib(parent: int, prefix: str = "") -> list[int]:
+def rss_kib(parent: int, prefix: str = "", field: str = "VmRSS") -> list[int]:
     """Resident set sizes (KiB) of ``parent``'s children whose process name starts with
-    ``prefix``."""
+    ``prefix``: ``field`` of /proc/PID/status (``VmRSS``; ``RssAnon`` is the process's own
+    memory, ``RssFile`` mapped files: libraries and the shared LMDB cache's pages, which
+    every worker shares with the others and the page cache)."""
     out: list[int] = []
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     for pid in children:
@@ -109,7 +111,7 @@ def rss_kib(parent: int, prefix: str = "") -> list[int]:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
             continue
-        out.extend(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        out.extend(int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:"))
     return out
 
 
@@ -281,6 +283,8 @@ dnsbl = [{{ zone = "{DNSBL}" }}]
                 results["at70"] = at70
                 results["rss"] = {"checkid": rss_kib(checkid.proc.pid, "checkid-w"),
                                   "null": rss_kib(nulls["policy"].pid)}
+                results["rss_parts"] = {field: rss_kib(checkid.proc.pid, "checkid-w", field)
+                                        for field in ("RssAnon", "RssFile", "RssShmem")}
         finally:
             for proc in procs:
                 proc.terminate()
@@ -423,6 +427,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     out += ["", f"Worker RSS after the run: checkid {', '.join(f'{k / 1024:.1f} MiB' for k in rss['checkid'])}; "
             f"null server worker {', '.join(f'{k / 1024:.1f} MiB' for k in rss['null'])} (Python, uvloop and the "
             "protocol code, no engine)."]
+    parts = results.get("rss_parts")
+    if parts:
+        out[-1] += (" Of checkid's: its own memory (RssAnon) "
+                    f"{', '.join(f'{k / 1024:.1f} MiB' for k in parts['RssAnon'])}; mapped files (RssFile: "
+                    "libraries and the pages of the shared LMDB cache read so far, shared by every worker and "
+                    f"the page cache) {', '.join(f'{k / 1024:.1f} MiB' for k in parts['RssFile'])}; shared memory "
+                    f"(RssShmem) {', '.join(f'{k / 1024:.1f} MiB' for k in parts['RssShmem'])}.")
     return "\n".join(out)
 
 
