@@ -162,19 +162,21 @@ class DnsClient:
             trace.add("dns", f"{key[0]} {rdtype}: {answer.describe()} [query]")
         return answer
 
-    def prefetch(self, name: str, rdtype: str, trace: Trace | None = None) -> None:
+    def prefetch(self, name: str, rdtype: str, trace: Trace | None = None) -> bool:
         """Start looking ``name`` up unless it is cached or asked already; do not wait for it.
 
         The answer lands in the cache, and a :meth:`resolve` meanwhile joins the query in
         flight. For lookups that do not depend on each other, so they share one round trip.
+        True when a query started: it goes out at the caller's next suspension.
         """
         key = (name.lower().rstrip("."), rdtype)
         if key in self._inflight or self.cache.get(key, self.clock()) is not None:
-            return
+            return False
         self.counts[("dns_prefetches", rdtype)] += 1
         if trace is not None:
             trace.prefetched.add(key)
         self._start(key)
+        return True
 
     def _start(self, key: CacheKey) -> asyncio.Future[DnsAnswer]:
         future = asyncio.ensure_future(self._lookup(key))

@@ -13,6 +13,7 @@ import spf
 
 from checkid.config import DnsConfig
 from checkid.engine import policyapi
+from checkid.engine.checks import spfcheck
 from checkid.engine.checks.spfcheck import SpfChecker
 from checkid.engine.dns.cache import MemoryCache
 from checkid.engine.dns.client import DnsClient
@@ -123,6 +124,33 @@ def test_independent_include_targets_are_asked_at_once(dns):
     result = run(checker(dns).check("192.0.2.200", "a@inc.example", "h.example"))
     assert result.result is Result.TEMPERROR
     assert dns.count("inc-b.example", "TXT") == 1
+
+
+def test_each_chain_link_is_asked_before_pyspf_runs_again(dns, monkeypatch):
+    # redir.example redirects to inc.example, which includes inc-a and inc-b: once a record
+    # arrives, its targets' queries are on the wire before pyspf evaluates it again, so that
+    # evaluation overlaps their round trip instead of delaying it
+    ours = checker(dns)
+    sent: list[str] = []
+    send = ours.client.transport.query
+
+    async def query(request, *args, **kwargs):
+        sent.append(request.question[0].name.to_text(omit_final_dot=True).lower())
+        return await send(request, *args, **kwargs)
+
+    monkeypatch.setattr(ours.client.transport, "query", query)
+    sent_before_run: list[set[str]] = []
+    evaluate = spfcheck._Query.check
+
+    def check(self, *args, **kwargs):
+        sent_before_run.append(set(sent))
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(spfcheck._Query, "check", check)
+    assert run(ours.check("198.51.100.3", "a@redir.example", "h.example")).result is Result.PASS
+    assert sent_before_run[0] == set()
+    assert sent_before_run[1] == {"redir.example", "inc.example"}
+    assert {"inc-a.example", "inc-b.example"} <= sent_before_run[2]
 
 
 def test_spf_servfail_is_temperror(dns):
