@@ -41,6 +41,12 @@ class ServerConfig:
     #: plus one check's ``timeout check``); 0: drain at once. Without ``[metrics] address``
     #: nothing can see it, so there is no wait. A second SIGTERM/SIGINT ends the wait
     leave_pool: float = 0.0
+    #: every worker polls each listener's one socket, and takes a new connection only if no
+    #: live worker has fewer open (Postfix's few, long connections then split evenly); a
+    #: busier worker leaves it to the others at most this many seconds (a fifth of it when
+    #: the less-loaded worker is not heard from: stalled, or dead), then takes it; 0: any
+    #: worker takes any connection
+    accept_wait: float = 0.1
     #: a worker whose event loop has not ticked for this many seconds is replaced
     heartbeat_timeout: float = 10.0
     #: a front-end connection with no data and nothing in flight for this long is closed
@@ -68,7 +74,7 @@ class ServerConfig:
 
     def check(self, path: str) -> None:
         """:raises ConfigError: a worker count outside 0 to 256, a non-positive period, syslog
-        without a socket, a negative cap, budget or leave_pool"""
+        without a socket, a negative cap, budget, leave_pool or accept_wait"""
         if self.workers < 0 or self.workers > 256:
             raise ConfigError(f"{path}.workers: must be 0 (one per CPU) to 256")
         if self.log_file == SYSLOG and not self.syslog_socket:
@@ -78,6 +84,8 @@ class ServerConfig:
                 raise ConfigError(f"{path}.{name}: must be positive")
         if self.leave_pool < 0:
             raise ConfigError(f"{path}.leave_pool: must be 0 (drain at once) or more")
+        if self.accept_wait < 0:
+            raise ConfigError(f"{path}.accept_wait: must be 0 (any worker takes any connection) or more")
         for name in ("max_connections", "max_unfinished_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be 0 (none) or more")

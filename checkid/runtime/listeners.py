@@ -5,8 +5,9 @@ Every listener, TCP or unix, is ONE listening socket that all workers poll, with
 connections it has open on that listener. A worker woken by a new connection takes it only
 if no live worker has fewer (:func:`may_accept`); otherwise it stops polling for
 ``DEFER_SECONDS`` at a time while the less-loaded worker takes it, and if that one does not
-(stalled, or dead with a low count left behind: after ``STALL_SECONDS``; whatever the others
-do: after ``PATIENCE_SECONDS``), the deferring worker takes it. Postfix's policy
+(stalled, or dead with a low count left behind: after a fifth of ``[server] accept_wait``;
+whatever the others do: after ``accept_wait``, both counted afresh for each connection
+another worker takes), the deferring worker takes it. Postfix's policy
 clients and milter sessions hold few, long connections: per-worker ``SO_REUSEPORT`` sockets
 (what this module did before) hash each one's 4-tuple to a worker regardless of load, so 16
 connections over 2 workers split 11:5 or worse in 6 trials of 20, and the busier
@@ -67,17 +68,20 @@ RESOURCE_ERRORS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS
 #: again. It stays in the others' comparison meanwhile: left out, it would let the other take
 #: a whole queue of connections in one wake-up. So two workers may both wait, this long at most
 DEFER_SECONDS = 0.002
-#: a connection still waiting this long after a worker first left it, with no less-loaded
-#: worker heard from since (its loop stalled, or it died with a low count published), is
-#: taken by the worker that left it ...
-STALL_SECONDS = 0.02
-#: ... and after this long it is taken whatever the others do: the bound on the wait
+#: the default of ``[server] accept_wait``: a connection still waiting this long after a
+#: worker first left it (or after another worker last took one) is taken by that worker
+#: whatever the others do: the bound on the wait ...
 PATIENCE_SECONDS = 0.1
+#: ... and after this fraction of it when no less-loaded worker was heard from since (its
+#: loop stalled, or it died with a low count published)
+STALL_FRACTION = 0.2
 #: each acceptor republishes its count this often (closes are published no sooner) ...
 REFRESH_SECONDS = 0.5
 #: ... and a slot not published for this long is left out of the comparison: a dead worker
 #: (or one never started) neither holds the others back nor is waited for
 STALE_SECONDS = 2.0
+#: int64 words per slot in an :class:`AcceptGate`
+WORDS = 3
 
 
 def may_accept(mine: int, others: Iterable[int]) -> bool:
@@ -91,38 +95,56 @@ class AcceptGate:
     """Each worker slot's open connections on one listener, in anonymous shared memory the
     master maps before forking: a slot's worker writes only its own entry, reads the others.
 
-    An entry is (count, when published, in ``clock`` nanoseconds; 0: absent). Entries are
-    aligned 8-byte words, written and read whole; a value read while it changes is advisory
-    only: the worst it does is one connection to the busier worker, or one deferral.
+    An entry is (count, when published, in ``clock`` nanoseconds, 0: absent; connections
+    taken, ever). Entries are aligned 8-byte words, written and read whole; a value read while
+    it changes is advisory only: the worst it does is one connection to the busier worker, or
+    one deferral.
     """
 
     def __init__(self, slots: int, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.slots = slots
         self.clock = clock
-        self._map = mmap.mmap(-1, 16 * max(slots, 1))
+        self._map = mmap.mmap(-1, 8 * WORDS * max(slots, 1))
         self._words = memoryview(self._map).cast("q")
 
-    def publish(self, slot: int, count: int) -> None:
-        """Slot ``slot`` has ``count`` connections open, as of now."""
-        self._words[2 * slot] = count
-        self._words[2 * slot + 1] = self.clock()
+    def publish(self, slot: int, count: int) -> int:
+        """Slot ``slot`` has ``count`` connections open, as of now: the time written, which
+        :meth:`withdraw` takes to tell this publication from a later one in the same slot."""
+        now = self.clock()
+        self._words[WORDS * slot] = count
+        self._words[WORDS * slot + 1] = now
+        return now
 
-    def withdraw(self, slot: int) -> None:
-        """Slot ``slot`` is not accepting (stopping, or paused): the others do not wait for it."""
-        self._words[2 * slot + 1] = 0
+    def took(self, slot: int) -> None:
+        """Slot ``slot`` took a connection (:meth:`taken_by_others` sees it)."""
+        self._words[WORDS * slot + 2] += 1
+
+    def taken_by_others(self, slot: int) -> int:
+        """How many connections the other slots took, ever: a change means one was taken."""
+        words = self._words
+        return sum(words[WORDS * i + 2] for i in range(self.slots) if i != slot)
+
+    def withdraw(self, slot: int, published: int | None = None) -> None:
+        """Slot ``slot`` is not accepting (stopping, or paused): the others do not wait for it.
+        With ``published`` (what :meth:`publish` returned), only if the entry still holds that
+        publication: during a reload the retiring worker of a slot must not withdraw the entry
+        its replacement already wrote."""
+        if published is None or self._words[WORDS * slot + 1] == published:
+            self._words[WORDS * slot + 1] = 0
 
     def others(self, slot: int) -> list[int]:
         """The counts of the other slots published within ``STALE_SECONDS``."""
         oldest = self.clock() - int(STALE_SECONDS * 1e9)
         words = self._words
-        return [words[2 * i] for i in range(self.slots)
-                if i != slot and words[2 * i + 1] > 0 and words[2 * i + 1] >= oldest]
+        return [words[WORDS * i] for i in range(self.slots)
+                if i != slot and words[WORDS * i + 1] > 0 and words[WORDS * i + 1] >= oldest]
 
     def heard_since(self, slot: int, since: int, below: int) -> bool:
         """Whether another slot with fewer than ``below`` connections published at or after
         ``since`` (``clock`` ns): its loop is running, so it is taking what it is woken for."""
         words = self._words
-        return any(words[2 * i + 1] >= since and words[2 * i] < below for i in range(self.slots) if i != slot)
+        return any(words[WORDS * i + 1] >= since and words[WORDS * i] < below
+                   for i in range(self.slots) if i != slot)
 
     def may_accept(self, slot: int, count: int) -> bool:
         """Publish ``count`` for ``slot``; whether it may take a new connection now."""
@@ -229,6 +251,9 @@ class Acceptor:
     wake-up that finds the queue empty, another worker having taken the connection, counts as
     ``("accept_wakeups", label, "empty")``: the price of every worker polling one socket.
 
+    :param accept_wait: ``[server] accept_wait``: the longest a connection at the head of the
+        queue is left to a less-loaded worker (a fifth of it when none is heard from); 0: not
+        gated, any worker takes any connection
     :param max_connections: the cap on this listener's open connections (0: none), of which
         ``open_count()`` says how many there are (connections being handed over count too)
     :param label: the front-end name in the refusal's counter and log line
@@ -237,7 +262,8 @@ class Acceptor:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  factory: Callable[[], asyncio.BaseProtocol], counts: Counter[tuple[str, ...]],
                  retry: float = ACCEPT_RETRY_SECONDS, max_connections: int = 0,
-                 open_count: Callable[[], int] | None = None, label: str = "") -> None:
+                 open_count: Callable[[], int] | None = None, label: str = "",
+                 accept_wait: float = PATIENCE_SECONDS) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = factory
@@ -252,16 +278,26 @@ class Acceptor:
         self._throttle = LogThrottle()
         self._refusals = LogThrottle()
         self._tasks: set[asyncio.Task[object]] = set()
-        self.gate: AcceptGate | None = getattr(sock, "gate", None)
+        self.gate: AcceptGate | None = getattr(sock, "gate", None) if accept_wait > 0 else None
         self.slot: int = getattr(sock, "slot", 0)
+        self.patience = accept_wait
+        self.stall = accept_wait * STALL_FRACTION
         self._deferred: asyncio.TimerHandle | None = None
         self._deferred_at = 0
+        self._taken_by_others = 0
         self._deferrals = 0
         self._refresh: asyncio.TimerHandle | None = None
+        #: what this acceptor last wrote in its gate entry (0: nothing)
+        self._published = 0
+        # poll, not select: a worker of many slots and listeners holds descriptors >= 1024
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
 
     def start(self) -> None:
         """Start (or resume) accepting."""
-        self._resume = None
+        if self._resume is not None:
+            self._resume.cancel()  # resumed early (as when closed and restarted): one timer at most
+            self._resume = None
         if not self.closed and not self._reading:
             self.loop.add_reader(self.sock.fileno(), self._accept)
             self._reading = True
@@ -282,7 +318,11 @@ class Acceptor:
             self.loop.remove_reader(self.sock.fileno())
             self._reading = False
         if self.gate is not None:
-            self.gate.withdraw(self.slot)
+            self.gate.withdraw(self.slot, self._published)
+
+    def _publish(self) -> None:
+        assert self.gate is not None
+        self._published = self.gate.publish(self.slot, self._load())
 
     def _load(self) -> int:
         return self.open_count() + len(self._tasks)
@@ -294,7 +334,7 @@ class Acceptor:
             self._refresh.cancel()
         self._refresh = None
         if self._reading or self._deferred is not None:
-            self.gate.publish(self.slot, self._load())
+            self._publish()
             self._refresh = self.loop.call_later(REFRESH_SECONDS, self._republish)
 
     def _defer(self) -> None:
@@ -305,35 +345,50 @@ class Acceptor:
             self._reading = False
         if not self._deferrals:
             self.counts[("accept_wakeups", self.label, "deferred")] += 1
-            self._deferred_at = self.gate.clock()
+            self._wait_afresh()
         self._deferrals += 1
         self._deferred = self.loop.call_later(DEFER_SECONDS, self._after_deferring)
 
+    def _wait_afresh(self) -> None:
+        """The connection at the head of the queue starts its wait now."""
+        assert self.gate is not None
+        self._deferred_at = self.gate.clock()
+        self._taken_by_others = self.gate.taken_by_others(self.slot)
+
     def _after_deferring(self) -> None:
         self._deferred = None
-        if not select.select([self.sock], [], [], 0)[0]:
-            self._deferrals = 0  # another worker took it: the next wait starts afresh
-        self.start()  # a connection still waiting wakes this loop again, and the gate decides
+        try:
+            if not self._poller.poll(0):
+                self._deferrals = 0  # another worker took it: the next wait starts afresh
+        finally:
+            self.start()  # a connection still waiting wakes this loop again, and the gate decides
 
     def _gated(self) -> bool:
         """Whether to leave the waiting connection to another worker. Not when this one left
-        it ``STALL_SECONDS`` ago and no less-loaded worker was heard from since (stalled, or
-        dead with a low count left behind), nor after ``PATIENCE_SECONDS``: a connection
-        waits a bounded time, whatever the others do."""
+        it a fifth of ``accept_wait`` ago and no less-loaded worker was heard from since
+        (stalled, or dead with a low count left behind), nor after ``accept_wait``: a
+        connection waits a bounded time, whatever the others do. Both count from the last
+        connection another worker took, if it took one since: each connection's own wait."""
         assert self.gate is not None
         load = self._load()
-        if self.gate.may_accept(self.slot, load):
+        self._published = self.gate.publish(self.slot, load)
+        if may_accept(load, self.gate.others(self.slot)):
             return False
         if not self._deferrals:
             return True
+        if self.gate.taken_by_others(self.slot) != self._taken_by_others:
+            self._wait_afresh()  # the one waiting before was taken; this one waits afresh
+            return True
         waited = (self.gate.clock() - self._deferred_at) / 1e9
-        if waited >= PATIENCE_SECONDS:
+        if waited >= self.patience:
             return False
-        return waited < STALL_SECONDS or self.gate.heard_since(self.slot, self._deferred_at, load)
+        return waited < self.stall or self.gate.heard_since(self.slot, self._deferred_at, load)
 
     def _accept(self) -> None:
         for i in range(ACCEPT_BATCH):
             if self.gate is not None and self._gated():
+                if i and not self._poller.poll(0):
+                    return  # the queue is empty after the last taken: nothing to leave
                 self._defer()
                 return
             try:
@@ -360,7 +415,8 @@ class Acceptor:
             task.add_done_callback(self._tasks.discard)
             if self.gate is not None:
                 self._deferrals = 0
-                self.gate.publish(self.slot, self._load())
+                self.gate.took(self.slot)
+                self._publish()
 
     def _refuse(self, conn: socket.socket) -> None:
         """At the cap: close the new connection at once; count it, log (rate-limited)."""
@@ -383,6 +439,9 @@ class Acceptor:
                       left_out(suppressed))
         if pause and not self.closed:
             self._pause()
+            if self._deferred is not None:  # its start() would end the pause early
+                self._deferred.cancel()
+                self._deferred = None
             if self._resume is None:
                 self._resume = self.loop.call_later(self.retry, self.start)
 

@@ -1,4 +1,7 @@
-"""``checkid serve`` with 2 workers: persistent connections end up split evenly (issue 15)."""
+"""``checkid serve`` with 2 workers: persistent connections end up split evenly (issue 15).
+
+The gate's waits are set far above any scheduling gap (``accept_wait``): the test checks the
+gate's rule, not how soon a busy machine runs the less-loaded worker."""
 from __future__ import annotations
 
 import json
@@ -50,6 +53,7 @@ protocol = "policy"
 address = "{address}"
 [server]
 workers = 2
+accept_wait = {WAIT_SECONDS}
 state_dir = "{workdir / 'state'}"
 [dns]
 nameservers = ["{dns_server.address}"]
@@ -78,7 +82,9 @@ timeout = 1.0
             split = wait_until(counted, "every connection counted", WAIT_SECONDS)
             assert split is not None
             shares = sorted(split.values())
-            assert len(shares) == 2 and shares[1] - shares[0] <= 2, split  # each 8 ± 1
+            # accept_wait well past any scheduling gap: each worker takes a connection only when
+            # the other has no fewer, so the counts never differ by more than one
+            assert len(shares) == 2 and shares[1] - shares[0] <= 1, split
         finally:
             for client in clients:
                 client.close()
