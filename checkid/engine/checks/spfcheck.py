@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import spf
 
@@ -47,6 +47,8 @@ class SpfOutcome:
     explanation: str
     #: the ``Received-SPF`` header value pyspf builds, when asked for
     received_spf: str = ""
+    #: equal outcomes are interchangeable: the memory cache stores one instance for them all
+    SHAREABLE: ClassVar[bool] = True
 
 
 class _Miss(Exception):

@@ -106,8 +106,13 @@ class MemoryCache:
             data.popitem(last=False)
 
     def _share(self, value: Any) -> Any:
-        """The stored instance equal to ``value`` (of its type), else ``value``, now stored."""
-        if not self._shared_max:
+        """The stored instance equal to ``value`` (of its type), else ``value``, now stored.
+
+        Only for a type that says equal means the same (``SHAREABLE = True``: the DNS answers
+        and SPF outcomes, built of strings, bytes, ints and enums): ``(1,)`` equals ``(True,)``
+        and ``(0.0,)`` equals ``(-0.0,)``, so sharing any tuple would hand one's reader the
+        other."""
+        if not self._shared_max or not getattr(type(value), "SHAREABLE", False):
             return value
         shared = self._shared
         try:

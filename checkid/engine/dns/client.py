@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import dns.asyncbackend
 import dns.asyncresolver
@@ -65,6 +65,8 @@ class DnsAnswer:
     records: tuple[Any, ...] = ()
     #: seconds the answer may be cached (0 for errors)
     ttl: int = 0
+    #: equal answers are interchangeable: the memory cache stores one instance for them all
+    SHAREABLE: ClassVar[bool] = True
 
     @property
     def is_error(self) -> bool:

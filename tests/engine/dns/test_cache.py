@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 from checkid.engine.dns.cache import LayeredCache, MemoryCache
 
 
@@ -51,18 +54,27 @@ def test_memory_cache_stores_equal_values_once():
     assert cache.get(("2.0.0.127.dnsbl.example", "A"), 150.0) == DnsAnswer(Outcome.NXDOMAIN, (), 3600)
 
 
-def test_memory_cache_shares_only_values_of_the_same_type_and_stores_unhashable_ones():
+@dataclasses.dataclass(frozen=True)
+class Shareable:
+    value: object
+    SHAREABLE: ClassVar[bool] = True
+
+
+def test_memory_cache_shares_only_values_of_a_type_that_says_equal_means_the_same():
     cache = MemoryCache(10)
-    cache.put("a", 1, 1e9)
-    cache.put("b", True, 1e9)  # equal to 1, and hashes the same, but not the same value
+    cache.put("a", (1,), 1e9)
+    cache.put("b", (True,), 1e9)  # equal to (1,), and hashes the same, but not the same value
     cache.put("c", [1, 2], 1e9)
-    assert cache.get("b", 0) is True and cache.get("a", 0) == 1 and type(cache.get("a", 0)) is int
+    cache.put("d", Shareable("x"), 1e9)
+    cache.put("e", Shareable("x"), 1e9)
+    assert repr(cache.get("b", 0)) == "(True,)" and repr(cache.get("a", 0)) == "(1,)"
     assert cache.get("c", 0) == [1, 2]
+    assert cache.get("d", 0) is cache.get("e", 0)
 
 
 def test_memory_cache_sharing_table_is_bounded():
     cache = MemoryCache(100, shared_values=4)
     for i in range(50):
-        cache.put(i, ("value", i), 1e9)
+        cache.put(i, Shareable(i), 1e9)
         assert len(cache._shared) <= 4
-    assert [cache.get(i, 0) for i in range(50)] == [("value", i) for i in range(50)]
+    assert [cache.get(i, 0) for i in range(50)] == [Shareable(i) for i in range(50)]
