@@ -222,6 +222,9 @@ class _TurnFlush(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
+        if record.levelno >= logging.WARNING:  # the lines before a hang or crash must reach the file
+            self.flush()
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop in this thread: nothing would flush later

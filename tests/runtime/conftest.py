@@ -12,7 +12,9 @@ def root_logger() -> Iterator[None]:
     """setup_logging replaces the root logger's handlers: put the test runner's back."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    switches = logging.logThreads, logging.logProcesses, logging.logMultiprocessing
     yield
+    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = switches
     for handler in root.handlers:
         if handler not in saved[0]:
             handler.close()

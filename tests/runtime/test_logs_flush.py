@@ -46,6 +46,19 @@ def test_lines_of_one_loop_turn_are_in_the_file_when_the_turn_ends(tmp_path: Pat
     assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(100)]
 
 
+def test_a_warning_is_in_the_file_before_the_turn_ends(tmp_path: Path) -> None:
+    path = setup(tmp_path)
+    log = logging.getLogger("checkid.test")
+
+    async def main() -> str:
+        log.info("before")
+        log.warning("about to hang")  # a hung worker's SIGABRT would end the turn here
+        return path.read_text()
+
+    text = asyncio.run(main())
+    assert text.endswith(" WARNING checkid.test: about to hang\n") and " INFO checkid.test: before\n" in text
+
+
 def test_the_loop_stopping_before_the_flush_loses_nothing(tmp_path: Path) -> None:
     path = setup(tmp_path)
     log = logging.getLogger("checkid.test")
