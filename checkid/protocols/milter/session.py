@@ -129,6 +129,21 @@ _ADDHDRS, _CHGHDRS, _QUARANTINE, _SETSYMLIST = (int(Flag.ADDHDRS), int(Flag.CHGH
                                                 int(Flag.SETSYMLIST))
 
 
+class _BodyNotSent:
+    """The body of a message on a connection that asked the MTA not to send bodies
+    (``SMFIP_NOBODY``, negotiated before a reload made the policy need them): a sink of its
+    own kind, so DKIM reports "body not hashed" instead of verifying an empty body (which
+    would FAIL every signature)."""
+
+    __slots__ = ()
+
+    def update(self, chunk: bytes) -> None:
+        pass
+
+
+BODY_NOT_SENT = _BodyNotSent()
+
+
 class State(enum.Enum):
     #: waiting for OPTNEG, the first packet of every connection
     NEGOTIATE = "negotiate"
@@ -440,7 +455,9 @@ class MilterSession:
         return self._end_of_message(tx, decision)
 
     async def _eom_decided(self, tx: Transaction) -> list[Response]:
-        if not tx.content_due:  # no end of headers came (or no header): the sink is asked now
+        if self._protocol_bits & _NOBODY:
+            tx.sink = BODY_NOT_SENT
+        elif not tx.content_due:  # no end of headers came (or no header): the sink is asked now
             tx.sink = self.decider.body_digest(tuple(tx.headers))
         self._progress_at = self._now + self.options.progress_interval
         try:

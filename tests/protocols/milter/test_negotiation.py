@@ -7,7 +7,7 @@ import pytest
 from checkid.engine.decision import Action, Decision
 from checkid.protocols.milter.events import (ACCEPT, CONTINUE, SKIP, Body, ChangeHeader, Data, EndOfHeaders,
                                              EndOfMessage, HeaderField, InsertHeader, Mail, OptNeg, Proto, Rcpt)
-from checkid.protocols.milter.session import MilterOptions, MilterSession
+from checkid.protocols.milter.session import BODY_NOT_SENT, MilterOptions, MilterSession
 from tests.conftest import run
 from tests.protocols.fakes import ACCEPTED, AUTHENT, Decider, forged_authent
 from tests.protocols.milter.test_session import SMTP
@@ -141,3 +141,18 @@ def test_forged_headers_are_still_removed_when_only_the_body_is_asked_away():
                              HeaderField("Authent", " forged"), EndOfMessage())
     assert session.protocol & P.NOBODY and not session.protocol & P.NOHDRS
     assert replies_[-1] == [ChangeHeader(1, "Authent", ""), InsertHeader(0, "Authent", " " + AUTHENT.text), ACCEPT]
+
+
+def test_a_body_asked_away_before_a_reload_is_not_verified_as_an_empty_one():
+    # the connection negotiated no body; a policy reload then runs DKIM: hashing an empty
+    # body would FAIL every signature, so the engine is told the body was not sent
+    decider = Needing(CONTINUED, ACCEPTED, needs=(True, False))
+    session = MilterSession(decider, MilterOptions())
+    run(session.handle(OptNeg(6, 0x1FF, ALL), now=0.0))
+    assert session.protocol & P.NOBODY
+    decider.needs = (True, True)  # the reload
+    for cmd in (*SMTP[1:], Mail(("<a@example.com>",)), Rcpt(("<b@example.org>",)), HeaderField("From", " a@example.com"),
+                EndOfMessage()):
+        run(session.handle(cmd, now=0.0))
+    assert decider.envelopes[-1].body is BODY_NOT_SENT
+    assert decider.digests == []
