@@ -271,3 +271,25 @@ def test_unbound_config_passes_unbound_checkconf():
     out = subprocess.run(["unbound-checkconf", str(ROOT / "deploy" / "unbound.conf")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_haproxy_caps_connections_and_finds_a_silent_host_by_keepalive():
+    sections = haproxy_sections((ROOT / "deploy" / "haproxy.cfg").read_text())
+    assert any(w[0] == "maxconn" for w in sections["global"])
+    for name, lines in sections.items():
+        if name.startswith("frontend "):
+            assert any(w[0] == "maxconn" for w in lines), name
+    defaults = sections["defaults"]
+    assert ["option", "srvtcpka"] in defaults
+    setting = {w[0]: w[1] for w in defaults if w[0].startswith("srvtcpka-")}
+    seconds = {name: int(value.rstrip("s")) for name, value in setting.items() if name != "srvtcpka-cnt"}
+    # a powered-off host's idle sessions are closed within 30 s, not after `timeout server`
+    assert seconds["srvtcpka-idle"] + seconds["srvtcpka-intvl"] * int(setting["srvtcpka-cnt"]) <= 30
+
+
+def test_unbound_listens_on_its_own_address_not_the_wildcard():
+    # bound to 0.0.0.0, a multi-address host can answer UDP from an address the client did not ask
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "deploy" / "unbound.conf").read_text().splitlines()]
+    interfaces = [line.split(":", 1)[1].strip() for line in lines if line.startswith("interface:")]
+    assert interfaces and not {"0.0.0.0", "::", "::0"} & set(interfaces) \
+        or "interface-automatic: yes" in lines

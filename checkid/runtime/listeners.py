@@ -1,4 +1,6 @@
-"""Listening sockets, created once by the master and kept by it for the daemon's life.
+"""Listening sockets, created once by the master and kept by it until the final stop
+(``Master.stop`` closes its descriptors once the workers have their SIGTERM; each worker
+closes its own once it stops accepting).
 
 Every listener, TCP or unix, is ONE listening socket that all workers poll, with an
 :class:`AcceptGate` beside it: shared memory in which each worker slot publishes how many

@@ -6,9 +6,14 @@ It holds no event loop, resolver, cache handle or thread at any fork.
 
 - SIGTERM/SIGINT: first the host leaves its load balancer's pool: ``/healthz`` answers 503
   "draining" while the workers go on serving for ``server.leave_pool`` seconds (none without
-  a metrics address; a second SIGTERM/SIGINT ends the wait). Then workers stop accepting and
-  finish their connections' work within ``server.grace``; whatever is left is killed, and the
-  master exits 0.
+  a metrics address; a second SIGTERM/SIGINT ends the wait). A reload under way goes on
+  meanwhile (its new workers are what serves); a SIGHUP that comes now is refused
+  ("stopping"). Then the workers stop accepting and the listening sockets close, in the
+  master and in each worker, so that a new connection is refused (the client or the balancer
+  tries another host at once) rather than queued in a backlog no one accepts from and reset
+  later; each worker finishes its connections' work within ``server.grace``; whatever is left
+  is killed, and the master exits 0. A stop for another reason (a worker that cannot start)
+  says "draining" on ``/healthz`` too, from its first moment.
 - SIGHUP: reload the configuration and the policy; a bad one is refused (logged, counted)
   and the running one stays. So is a file that states nothing or leaves out a key the
   running configuration sets and whose default would change whom checkid asks
@@ -239,8 +244,7 @@ class Master:
                 signum = None
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("master: %s, draining", signal.Signals(signum).name)
-                self._finish_reload("failed", "the daemon was stopped")
-                break
+                break  # a reload under way goes on while the host leaves the pool
             if signum == signal.SIGHUP:
                 self.handle_hup()
             elif signum == signal.SIGUSR1:
@@ -277,10 +281,16 @@ class Master:
         workers still answer. No wait without a metrics process. ``wait(timeout)`` returns
         the next signal or None (the signal queue by default); ``clock`` is the time.
 
-        :returns: False when a second SIGTERM/SIGINT cut the wait short
+        A reload under way goes on (its workers are what serves); a new SIGHUP is refused
+        ("stopping"), so that ``checkid reload`` returns at once. A worker that cannot start
+        ends the wait: the reload is recorded failed and the host drains.
+
+        :returns: False when a second SIGTERM/SIGINT or a worker that cannot start cut the
+            wait short
         """
         self.draining = True
         self.write_health()
+        self.publish()
         seconds = self.config.server.leave_pool if self.metrics_pid else 0.0
         if seconds <= 0:
             return True
@@ -289,7 +299,7 @@ class Master:
                  self.pid, seconds)
         deadline = clock() + seconds
         while (left := deadline - clock()) > 0:
-            signum = wait(min(left, PASS_SECONDS))
+            signum = wait(min(left, self.next_pass_in(time.monotonic())))
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("master: %s again, draining now", signal.Signals(signum).name)
                 return False
@@ -297,7 +307,11 @@ class Master:
                 self.handle_usr1()
             elif signum == signal.SIGHUP:
                 log.warning("master: SIGHUP while stopping; not reloading")
-            self.reap_workers()  # a crashed worker is replaced: the host serves until it drains
+                self._refuse_reload("stopping")
+            if self.reap_workers():  # a crashed worker is replaced: the host serves until it drains
+                log.error("a worker could not start; draining now")
+                self._finish_reload("failed", "a worker of the new generation could not start (see the log)")
+                return False
             self.kill_hung_workers()
             self.maintain_worker_count()
             self.read_worker_status()
@@ -336,7 +350,8 @@ class Master:
         if not self.ready:
             self.ready = True
             log.info("master %d: ready, %d workers serving", self.pid, len(current))
-            notify.notify("READY=1", f"STATUS=serving, {len(current)} workers")
+            if not self.draining:  # after STOPPING=1, no READY=1
+                notify.notify("READY=1", f"STATUS=serving, {len(current)} workers")
         if self.reloads and self.reloads[-1]["result"] == "pending" \
                 and self.reloads[-1]["generation"] == self.generation:
             self._finish_reload("ok", f"worker generation {self.generation} serving")
@@ -355,8 +370,17 @@ class Master:
         if not self.reloads or self.reloads[-1]["result"] != "pending":
             return
         self.reloads[-1].update(result=result, reason=reason, finished=time.monotonic())
-        if result != "failed":
+        if result != "failed" and not self.draining:
             notify.notify("READY=1", f"STATUS=reload {result}: {reason}")
+        self.publish()
+
+    def _refuse_reload(self, reason: str) -> None:
+        """Record a SIGHUP refused before it began (no RELOADING=1): ``checkid reload``
+        returns with ``reason``. A reload under way stays as it is."""
+        now = time.monotonic()
+        self.reloads = [*self.reloads, {"seq": (self.reloads[-1]["seq"] + 1) if self.reloads else 1,
+                                        "started": now, "finished": now, "generation": self.generation,
+                                        "result": "refused", "reason": reason}][-control.RELOADS_KEPT:]
         self.publish()
 
     def publish(self) -> None:
@@ -597,10 +621,24 @@ class Master:
             pass
 
     def stop(self) -> None:
-        """Drain the workers within the grace period, then kill what is left."""
+        """Drain the workers within the grace period, then kill what is left.
+
+        ``/healthz`` says "draining" from the start, whatever stopped the master. Once the
+        workers have their SIGTERM the master closes its descriptors of the listening sockets
+        (each worker closes its own once it stops accepting): with none left open the kernel
+        refuses a new connection, which the client (or HAProxy's ``redispatch``) takes to
+        another host at once, instead of completing its handshake into a backlog no one
+        accepts from and resetting it at the end. A unix socket's file goes at the end.
+        """
+        self.draining = True
+        self.write_health()
+        self._finish_reload("failed", "the daemon was stopped")
         for proc in self.workers.values():
             proc.retiring = True
             self._signal(proc.pid, signal.SIGTERM)
+        for listener in self.listeners:
+            for sock in listener.sockets:
+                sock.close()
         deadline = time.monotonic() + self.config.server.grace + 2.0
         while self.workers and time.monotonic() < deadline:
             self.reap_workers()
@@ -627,7 +665,7 @@ class Master:
             except ChildProcessError:
                 pass
         for listener in self.listeners:
-            listener.close()
+            listener.close()  # the sockets are closed already: this removes a unix socket's file
         log.info("master %d: stopped", self.pid)
 
 

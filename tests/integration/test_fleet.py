@@ -44,11 +44,13 @@ HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 POLICY, MSGPACK, METRICS = 10030, 10031, 10039
 #: Postfix's smtpd_policy_service_try_limit and smtpd_policy_service_retry_delay defaults
 TRY_LIMIT, RETRY_DELAY = 2, 1.0
-#: a load phase ends when the test has seen what it waits for, or at this many decisions per
-#: client thread, or after LOAD_SECONDS, whichever comes first
-LOAD_COUNT, LOAD_SECONDS, LOAD_THREADS = 50_000, 300.0, 4
+#: a load phase ends when the test has seen what it waits for, or after LOAD_SECONDS; the
+#: count per client thread is a bound no machine reaches first, however fast
+LOAD_COUNT, LOAD_SECONDS, LOAD_THREADS = 10**7, 300.0, 4
 #: decisions the load must make after an event, to show that decisions went on
 AFTER = 50
+#: the private HAProxy's maxconn: it needs two descriptors a connection within the test's limit
+TEST_MAXCONN = 1000
 
 
 def port_free_on_all(hosts: tuple[str, ...]) -> int:
@@ -193,14 +195,16 @@ def ready(host: Host, ports: dict[int, int]) -> None:
 
 
 def haproxy_config(root: Path, hosts: list[Host], ports: dict[int, int], binds: dict[int, int]) -> str:
-    """deploy/haproxy.cfg as a private instance runs it: no chroot, user or syslog, its stats
-    socket in ``root``, each frontend bound on 127.0.0.1 at ``binds[its port]``, and its servers
+    """deploy/haproxy.cfg as a private instance runs it: no chroot, user or syslog, a
+    ``maxconn`` within an unprivileged descriptor limit, its stats socket in ``root``, each frontend bound on 127.0.0.1 at ``binds[its port]``, and its servers
     the test's ``hosts`` at ``ports[their port]``."""
     out: list[str] = []
     for line in (ROOT / "deploy" / "haproxy.cfg").read_text().splitlines():
         words = line.split()
         if words[:1] in (["chroot"], ["user"], ["group"], ["log"]):
             continue
+        if words[:1] == ["maxconn"]:  # not root: HAProxy cannot raise its descriptor limit to 2 x 20000
+            line = f"    maxconn {min(int(words[1]), TEST_MAXCONN)}"
         if words[:2] == ["stats", "socket"]:
             line = f"    stats socket {root / 'stats.sock'} mode 600 level admin"
         elif words[:1] == ["bind"]:
@@ -395,17 +399,28 @@ def test_decisions_flow_through_haproxy_and_unbound_is_the_fleets_cache(fleet: F
         client.close()
     with Client(f"127.0.0.1:{fleet.binds[MSGPACK]}") as rpc:
         assert rpc.checkID("192.0.2.1", "example.com")[0] == "ACCEPT"
-    # a name asked through one host is warm in Unbound for the others: no new upstream query
+    # a name asked through one host is warm in Unbound for the others: no new upstream query.
+    # Compared name by name: a lookup host 1 started ahead and did not wait for (a prefetch)
+    # may reach the server after its answer, and is no query of the others
     first, *others = fleet.hosts
     request = {**REQUEST, "helo_name": "example.net", "client_address": "192.0.2.7"}
+    before = upstream_counts(dns_server)
     with socket.create_connection((first.address, fleet_port(fleet, first, POLICY)), timeout=10) as s:
         answer = exchange(s, request)
-    asked = dns_server.total
-    assert dns_server.count("example.net.registry.test") >= 1
+    after_first = upstream_counts(dns_server)
+    asked = {key: n for key, n in after_first.items() if n > before.get(key, 0)}
+    assert ("example.net.registry.test", "TXT") in asked
     for host in others:
         with socket.create_connection((host.address, fleet_port(fleet, host, POLICY)), timeout=10) as s:
             assert exchange(s, request) == answer
-    assert dns_server.total == asked
+    now = upstream_counts(dns_server)
+    assert {key: now[key] for key in asked} == {key: after_first[key] for key in asked}
+
+
+def upstream_counts(server: TestDnsServer) -> dict[tuple[str, str], int]:
+    """What the test DNS server was asked, by (name, type). ``dict()`` of the Counter copies it
+    in one C call, which the server's thread cannot interleave with."""
+    return dict(server.queries)
 
 
 def fleet_port(fleet: Fleet, host: Host, port: int) -> int:
@@ -468,5 +483,9 @@ def test_sigterm_takes_a_host_out_of_the_pool_before_it_stops(fleet: Fleet):
     assert load.failures == [], load.failures
     assert after > during
     assert load.answers == {"PREPEND"}
-    others = {name: status for name, status in fleet.server_status().items() if name != leaving.name}
-    assert set(others.values()) == {"UP"}
+    # the others stay in: a health check that came late (the metrics process runs at nice 10,
+    # HAProxy's "timeout check" is 1 s) may show one "UP 2/3" for a moment, never "DOWN"
+    statuses = fleet.server_status()
+    others = [name for name in statuses if name != leaving.name]
+    assert not [name for name in others if statuses[name].startswith("DOWN")], statuses
+    wait_until(lambda: all(fleet.server_status()[name] == "UP" for name in others), "the other hosts UP", SECONDS)
