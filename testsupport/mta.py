@@ -297,8 +297,12 @@ class HAProxy(Throwaway):
         self.log = open(self.root / "haproxy.log", "wb")
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.conf)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        for port in self.ports:
-            wait_for_port(port, self.proc)
+        try:
+            for port in self.ports:
+                wait_for_port(port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
