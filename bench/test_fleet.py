@@ -1,7 +1,8 @@
 """The cost of ``[fleet]`` per warm decision: fleet on (a real redis-server on loopback) against
 off, in the same run (pytest-benchmark).
 
-Run: ``.venv/bin/python -m pytest bench/test_fleet.py --benchmark-only``.
+Run: ``.venv/bin/python -m pytest bench/test_fleet.py --benchmark-only --benchmark-timer=time.process_time``
+(CPU time: the figures survive a busy machine; compare rows of one run, as ratios).
 
 Each round is a batch of :data:`BATCH` warm decisions on one uvloop loop (every DNS answer
 cached), then one loop turn for the fleet's sender: what a worker does with the rejections
@@ -11,7 +12,9 @@ of a turn (one pipeline). Rows:
   counts nothing (the pre-screen's fleet probe is skipped while no block is held);
 - ``reject``: a DNSBL-listed client: each REJECT is queued and the batch's rejections go to
   Redis in one pipeline (the threshold set out of reach, so it keeps counting);
-- ``fleet_block``: the same client once the fleet blocked it: refused at the pre-screen.
+- ``fleet_block``: the same client once the fleet blocked it: refused at the pre-screen, then
+  by the memo until the block ends (a memo hit of a refusal asks the fleet whether a block
+  holds the client, so that it is not counted as a new rejection: a dict probe or two).
 """
 from __future__ import annotations
 

@@ -81,11 +81,14 @@ class Context:
         self.candidates = candidates or (((identity_source, identity),) if identity is not None else ())
         self.trace = trace
         self._registry: RegistryResult | None = None
-        #: whether the decision read fleet state that changes without a DNS answer expiring
-        #: (a fleet block, the fleet's counts): the engine then does not memoize it, nor
-        #: counts a fleet block's refusal as a new rejection
+        #: whether the decision read the fleet's counts (:attr:`fleet_rejections`), which
+        #: change without any expiry: the engine then does not memoize it
         self.fleet_read = False
+        #: whether the pre-screen found a fleet block, and when (on the engine's clock) that
+        #: block ends: the engine memoizes such a decision until then at most, and does not
+        #: count its refusal as a new rejection
         self.fleet_blocked = False
+        self.fleet_expires = float("inf")
 
     @property
     def message_known(self) -> bool:
@@ -113,7 +116,11 @@ class Context:
         """Allow list, local block lists, the fleet's learned blocks, then the pre-screen DNSBLs."""
         result = await self.services.prescreen.check(self.ip, self.services.dns, self.trace)
         if result.fleet:
-            self.fleet_read = self.fleet_blocked = True
+            self.fleet_blocked = True
+            fleet = self.services.fleet
+            expires = fleet.expiry(self.ip) if fleet is not None else None
+            # None: the block ended in between (the clock moved): valid no longer than now
+            self.fleet_expires = min(self.fleet_expires, expires if expires is not None else 0.0)
         if self.trace is not None:
             self.log("prescreen", f"{self.ip_text}: {result.verdict.name} {result.list_name} {result.reason}".rstrip())
         return result

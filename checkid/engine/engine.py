@@ -14,9 +14,10 @@ holds the refusal. A policy that declares the inputs it reads has its decisions 
 (:mod:`checkid.engine.memo`): the same inputs get the same decision, without running the
 policy, while every cached answer it used is valid. With ``[fleet]``, every REJECT of a client
 address is counted across the fleet after the decision (:mod:`checkid.engine.fleet`: queued,
-never awaited), and a decision that read fleet state is not memoized. Bad input is refused in
-either mode: it is not a verdict on the mail but input the engine cannot judge (no address,
-oversize fields), and stays bounded.
+never awaited); a decision that read the fleet's counts is not memoized, and one refused by a
+fleet block is memoized until the block ends at most (a new block learned, a flush or a
+policy reload drops the memo). Bad input is refused in either mode: it is not a verdict on
+the mail but input the engine cannot judge (no address, oversize fields), and stays bounded.
 """
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ class Engine:
             kept = memo.get(key, self.clock(), self.counts)
             if kept is not None:
                 if self.fleet is not None and kept.action is Action.REJECT:
-                    self.fleet.rejected(ctx.ip)  # never a fleet block's: those are not kept
+                    self.fleet.rejected(ctx.ip)  # a no-op while a block holds the client
                 return kept
             recording = Recording()
         token = DEADLINE.set(asyncio.get_running_loop().time() + self.config.dns.decision_timeout)
@@ -250,6 +251,9 @@ class Engine:
                 self.fleet.rejected(ctx.ip)
             if ctx.fleet_read:
                 return decision
+            if ctx.fleet_blocked and recording is not None:
+                # kept no longer than the block: once it lapses the client is asked about again
+                recording.expires = min(recording.expires, ctx.fleet_expires)
         if recording is not None and memo is not None:
             memo.put(key, decision, recording, self.clock())
         return decision

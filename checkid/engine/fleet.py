@@ -169,6 +169,16 @@ class Fleet:
     def blocked(self, ip: IPAddress) -> tuple[str, int] | None:
         """The subject (``ip:…`` or ``net:…``) that blocks ``ip`` and the count that blocked
         it, or None. A dict probe or two; expired blocks are dropped as they are found."""
+        found = self._blocking(ip)
+        return None if found is None else (found[0], found[2])
+
+    def expiry(self, ip: IPAddress) -> float | None:
+        """When (on ``clock``) the block that :meth:`blocked` finds for ``ip`` ends, None when
+        none holds: how long a decision refused by it stays valid."""
+        found = self._blocking(ip)
+        return None if found is None else found[1]
+
+    def _blocking(self, ip: IPAddress) -> tuple[str, float, int] | None:
         if not self.blocks:
             return None
         now = self.clock()
@@ -176,7 +186,7 @@ class Fleet:
             entry = self.blocks.get(subject)
             if entry is not None:
                 if entry[0] > now:
-                    return subject, entry[1]
+                    return subject, entry[0], entry[1]
                 del self.blocks[subject]
         return None
 
@@ -188,7 +198,14 @@ class Fleet:
         return FleetCounts(self.learned.get(address, 0), self.learned.get(prefix, 0))
 
     def rejected(self, ip: IPAddress) -> None:
-        """Count one rejection of ``ip``: queued, sent with the others of this loop turn."""
+        """Count one rejection of ``ip``: queued, sent with the others of this loop turn.
+
+        Not while a block holds ``ip`` (whichever stage refused it): a held subject is never
+        blocked anew, so such counts could only block it again the moment its block lapses,
+        and a block is meant to lapse after ``block_seconds`` even while the sender insists.
+        This also lets a memoized fleet-block refusal be served without telling it apart."""
+        if self.blocks and self._blocking(ip) is not None:
+            return
         if not self.up:
             self.counts[("fleet_fallbacks", "count")] += 1
             return

@@ -75,6 +75,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                         "load, count, block, publish, max_blocks); the worker carried on local-only", ("op",)),
     "fleet_blocks_learned": ("Fleet pre-screen blocks learned, by kind (ip, net)", ("kind",)),
     "fleet_rejections_dropped": ("Rejections not counted by the fleet: the queue to Redis was full", ()),
+    "accept_wakeups": ("Wake-ups of a worker on a shared listening socket that took no connection, by front-end "
+                       "and why (empty: another worker had taken it; deferred: left to a less-loaded worker, "
+                       "counted once per connection)", ("frontend", "why")),
     "dns_unreachable": ("DNS queries whose nameserver host or port was unreachable (ICMP), failed over at once", ()),
     "accept_errors": ("Accepts that failed for want of descriptors or memory, by error (EMFILE, ENFILE, ENOBUFS, "
                       "ENOMEM, other); accepting pauses and the connections wait in the kernel's queue", ("error",)),
@@ -216,6 +219,8 @@ class Exporter:
             multiprocess_mode="livesum", registry=None)
         self.workers = prom.Gauge("checkid_workers", "Workers running", multiprocess_mode="livemax",
                                   registry=None)
+        #: made at the first :meth:`sync` that reports one: a site without ``[fleet]`` shows none
+        self.fleet_up: prom.Gauge | None = None
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
         self._frontends: set[str] = set()
@@ -228,10 +233,12 @@ class Exporter:
         _pending.clear()
         report_file_faults()
 
-    def sync(self, counts: Mapping[tuple[str, ...], int], open_connections: Mapping[str, int] | None = None) -> None:
+    def sync(self, counts: Mapping[tuple[str, ...], int], open_connections: Mapping[str, int] | None = None,
+             fleet_up: bool | None = None) -> None:
         """Add what ``counts`` gained since the last call to the Prometheus counters, and
-        set the open connections per front-end (0 for one no longer listed); report the
-        metric files found without room meanwhile."""
+        set the open connections per front-end (0 for one no longer listed) and, with
+        ``[fleet]`` (``fleet_up`` not None), whether this process follows the fleet; report
+        the metric files found without room meanwhile."""
         report_file_faults()
         for key, value in counts.items():
             delta = value - self._synced[key]
@@ -249,6 +256,15 @@ class Exporter:
         self._frontends.update(now_open)
         for frontend in self._frontends:
             self.open_connections.labels(frontend).set(now_open.get(frontend, 0))
+        if fleet_up is not None:
+            if self.fleet_up is None:
+                import prometheus_client as prom
+
+                # livemin: 0 as soon as any live worker is local-only
+                self.fleet_up = prom.Gauge("checkid_fleet_up", "1 while every worker follows the fleet state on "
+                                           "Redis ([fleet]), 0 while any is local-only",
+                                           multiprocess_mode="livemin", registry=None)
+            self.fleet_up.set(1 if fleet_up else 0)
 
     def observe_decision(self, frontend: str, seconds: float) -> None:
         self.decision_seconds.labels(frontend).observe(seconds)

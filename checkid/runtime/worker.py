@@ -146,12 +146,6 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads by replacing workers
         if engine.fleet is not None:
-            import prometheus_client
-
-            #: 1 while this worker follows the fleet's Redis (livemin: 0 when any worker does not)
-            self.fleet_up = prometheus_client.Gauge(
-                "checkid_fleet_up", "1 while every worker follows the fleet state on Redis, else 0",
-                multiprocess_mode="livemin", registry=None)
             engine.fleet.on_flush = self._fleet_flush
             await engine.fleet.start()
         ticker = asyncio.ensure_future(self._tick())
@@ -177,9 +171,8 @@ class Worker:
         return counts
 
     def _sync(self) -> None:
-        self.exporter.sync(self._stats(), self.state.open)
-        if self.engine.fleet is not None:
-            self.fleet_up.set(1 if self.engine.fleet.up else 0)
+        fleet = self.engine.fleet
+        self.exporter.sync(self._stats(), self.state.open, None if fleet is None else fleet.up)
 
     async def _tick(self) -> None:
         spec, engine = self.spec, self.engine
