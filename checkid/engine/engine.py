@@ -183,6 +183,16 @@ class Engine:
         (the DKIM body hashes its signatures need), None when no signature needs one."""
         return self.services.dkim.body_digest(headers)
 
+    def content_needed(self) -> tuple[bool, bool]:
+        """``(headers, body)``: whether a decision may read a message's header fields, and its
+        body, so a front-end may leave them out (the milter asks the MTA not to send them, per
+        connection). Both when the serving policy may run DKIM: its ``METHOD_LIST`` names DKIM,
+        or it has no such table (what it runs is then unknown); the headers also when ``[headers]
+        remove`` names any (forged headers are removed)."""
+        table = getattr(self.policy.current.module, "METHOD_LIST", None)
+        dkim = not isinstance(table, dict) or "DKIM" in table
+        return dkim or bool(self._remove), dkim
+
     async def decide(self, envelope: Envelope, trace: Trace | None = None, frontend: str = "inprocess") -> Decision:
         """Decide one transaction. Never raises for bad input or a failing policy.
 

@@ -10,8 +10,9 @@ requests (``checkid cache flush``: the named entries leave its memory layer), an
 metrics sync. Its heartbeat file also holds its status (:mod:`checkid.runtime.control`):
 serving or not, the last flush applied, its memory layer's size. A refused policy edit is
 counted here and logged by the master, once for all workers.
-SIGTERM/SIGINT: stop accepting, let each connection finish its work within
-``server.grace`` (an idle one closes at once), exit 0.
+SIGTERM/SIGINT: stop accepting and close its descriptor of each listening socket (the
+master closes its own on a final stop, so new connections are refused, not queued), let
+each connection finish its work within ``server.grace`` (an idle one closes at once), exit 0.
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ class Worker:
             acceptor = Acceptor(loop, sock, protocol_factory(engine, state, config, listen), state.counts,
                                 max_connections=config.server.max_connections,
                                 open_count=functools.partial(state.by_listener.__getitem__, listen),
-                                label=frontend(listen))
+                                label=frontend(listen), accept_wait=config.server.accept_wait)
             acceptor.start()
             acceptors.append(acceptor)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
@@ -155,7 +156,11 @@ class Worker:
         await self.stop.wait()
 
         for acceptor in acceptors:
-            acceptor.close()  # stop accepting; the master keeps the sockets and their queues
+            acceptor.close()  # stop accepting
+            # and let go of the socket: on a final stop the master closes its descriptors too,
+            # so a new connection is refused rather than queued unaccepted and reset at the end
+            # (on a reload the master and the next generation keep it and its queue)
+            acceptor.sock.close()
         await state.shutdown(config.server.grace)
         ticker.cancel()
         if engine.fleet is not None:

@@ -95,3 +95,23 @@ def test_results_whose_authserv_id_cannot_be_read_are_removed():
     e = engine()
     for value in ("", " ; dkim=pass", " (unclosed comment mx.example.com; dkim=pass"):
         assert e.forged_header("Authentication-Results", value), value
+
+
+def _policy_without_dkim(tmp_path) -> str:
+    from checkid.engine.policy import DEFAULT_PATH
+    source = DEFAULT_PATH.read_text().replace('    "DKIM": (4, 4),\n', "")
+    assert '"DKIM"' not in source.split("METHOD_LIST = {", 1)[1].split("}", 1)[0]
+    path = tmp_path / "nodkim.py"
+    path.write_text(source)
+    return str(path)
+
+
+def test_the_content_a_decision_may_read_follows_the_policy_and_the_forged_header_rule(make_engine, tmp_path):
+    from checkid.config import HeadersConfig, PolicyConfig
+    # the default policy runs DKIM: headers and body
+    assert make_engine().content_needed() == (True, True)
+    # no DKIM in its METHOD_LIST: the headers only, for the forged ones to remove
+    nodkim = PolicyConfig(path=_policy_without_dkim(tmp_path))
+    assert make_engine(policy=nodkim).content_needed() == (True, False)
+    # and nothing to remove either: neither
+    assert make_engine(policy=nodkim, headers=HeadersConfig(remove=())).content_needed() == (False, False)

@@ -156,3 +156,13 @@ def test_a_body_asked_away_before_a_reload_is_not_verified_as_an_empty_one():
         run(session.handle(cmd, now=0.0))
     assert decider.envelopes[-1].body is BODY_NOT_SENT
     assert decider.digests == []
+
+
+def test_the_engine_itself_tells_the_milter_what_to_ask_away(make_engine, tmp_path):
+    # the real decider, not a fake: a policy without DKIM gets no body (and no end of headers)
+    from checkid.config import PolicyConfig
+    from checkid.engine.policy import DEFAULT_PATH
+    path = tmp_path / "nodkim.py"
+    path.write_text(DEFAULT_PATH.read_text().replace('    "DKIM": (4, 4),\n', ""))
+    assert negotiated(make_engine(), ALL) == BASE
+    assert negotiated(make_engine(policy=PolicyConfig(path=str(path))), ALL) == BASE | P.NOBODY | P.NOEOH
