@@ -99,7 +99,7 @@ def test_warm_decision(benchmark, loop, dns, redis_server, fleet, row):
         while engine.fleet is not None and not engine.fleet.blocks:
             assert time.monotonic() < deadline, "no block learned"
             loop.run_until_complete(asyncio.sleep(0.01))
-    benchmark.extra_info["per"] = f"{BATCH} decisions"
+    benchmark.extra_info["batch"] = BATCH
     benchmark.pedantic(lambda: loop.run_until_complete(batch()), rounds=20, warmup_rounds=2)
     if engine.fleet is not None:
         loop.run_until_complete(engine.fleet.close())

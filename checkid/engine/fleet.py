@@ -49,6 +49,8 @@ FLEET_LIST = "fleet block"
 #: keys one SCAN call may return, and calls one load may make (a bound on its time)
 SCAN_COUNT = 1000
 SCAN_CALLS = 1000
+#: the longest :meth:`Fleet.close` waits for its tasks
+CLOSE_SECONDS = 2.0
 #: reconnection backoff, seconds: first wait, cap
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
@@ -162,6 +164,8 @@ class Fleet:
         self._queue: deque[IPAddress] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: set by :meth:`close`: the tasks' loops end even when a cancellation is lost
+        self._closed = False
         self._client: Any = None
         self._throttle = LogThrottle()
 
@@ -230,17 +234,24 @@ class Fleet:
         """Start following the fleet (in the worker's loop). Returns at once: connecting,
         loading and subscribing happen in the background, retried until they work."""
         self._client = connect(self.config)
+        self._closed = False
         self._tasks = [asyncio.create_task(self._follow(), name="fleet-follow"),
                        asyncio.create_task(self._sender(), name="fleet-send")]
 
     async def close(self) -> None:
+        """Stop following and sending, within :data:`CLOSE_SECONDS`. redis-py can swallow a
+        cancellation that arrives while it reads a reply (the task then goes on with its
+        loop), so the loops also end on :attr:`_closed`, and a task that still does not end
+        is left behind rather than waited for."""
+        self._closed = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_SECONDS)
+            if pending:
+                log.warning("fleet: %d task(s) did not stop within %g s; left behind", len(pending),
+                            CLOSE_SECONDS)
         self._tasks = []
         self.up = False
         if self._client is not None:
@@ -269,7 +280,7 @@ class Fleet:
         """Subscribe, load the blocks, apply the channel's events; on any failure, local-only
         until the next attempt (backoff doubling to :data:`BACKOFF_MAX`)."""
         backoff = BACKOFF_FIRST
-        while True:
+        while not self._closed:
             pubsub = self._client.pubsub()
             try:
                 async with asyncio.timeout(max(self._budget, 1.0)):  # a connection, not a decision's call
@@ -278,7 +289,7 @@ class Fleet:
                     self.up = True
                     backoff = BACKOFF_FIRST
                     log.info("fleet: following %s (%d blocks)", self.channel, len(self.blocks))
-                    while True:
+                    while not self._closed:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None and message.get("type") == "message":
                             self._apply(message["data"])
@@ -332,7 +343,7 @@ class Fleet:
 
     async def _sender(self) -> None:
         """Send what each loop turn queued, in one pipeline."""
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
             batch, self._queue = self._queue, deque()

@@ -239,3 +239,22 @@ def test_events_round_trip(event):
 @given(st.binary(max_size=100))
 def test_decoding_any_bytes_never_raises(data):
     decode_event(data)
+
+
+def test_close_ends_even_while_rejections_are_being_sent(dns, redis_server):
+    # the shape that hung a worker's stop: rejections queued, the sender inside its pipeline
+    # when close() cancels it (redis-py may swallow that cancellation mid-reply)
+    async def go() -> None:
+        engine = engine_for(dns, fleet_config(redis_server, block_after=10**9))
+        assert engine.fleet is not None
+        await engine.fleet.start()
+        await until(lambda: engine.fleet.up, "the fleet following Redis")
+        for _ in range(20):
+            for _ in range(200):
+                await decide(engine, LISTED)
+            await asyncio.sleep(0)  # the sender's turn: its pipeline goes out
+            await asyncio.wait_for(engine.fleet.close(), SECONDS)
+            await engine.fleet.start()
+            await until(lambda: engine.fleet.up, "the fleet following Redis again")
+        await asyncio.wait_for(engine.fleet.close(), SECONDS)
+    run(go())
