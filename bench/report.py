@@ -25,6 +25,18 @@ ROWS = {
                                                      "line", None),
     "test_milter_session_warm_engine": ("milter: whole session, warm engine", "test_reference_milter_framing_only"),
     "test_reference_milter_framing_only": ("reference: framing the same packets only", None),
+    "test_cold_decision_dnsbl_listed": ("cold decision, instant DNS, engine CPU: DNSBL-listed (1 query)", None),
+    "test_cold_decision_spf_depth_1": ("cold decision, instant DNS, engine CPU: registered, SPF chain depth 1 "
+                                       "(3 queries)", None),
+    "test_cold_decision_spf_depth_3": ("cold decision, instant DNS, engine CPU: registered, SPF chain depth 3 "
+                                       "(5 queries)", None),
+    "test_warm_decision[accept-on]": ("fleet on Redis (issue 16): warm accept (memo hit)", "test_warm_decision[accept-off]"),
+    "test_warm_decision[accept-off]": ("reference: fleet off: warm accept", None),
+    "test_warm_decision[reject-on]": ("fleet on Redis: warm reject, counted (one pipeline per loop turn)",
+                                      "test_warm_decision[reject-off]"),
+    "test_warm_decision[reject-off]": ("reference: fleet off: warm reject", None),
+    "test_warm_decision[fleet_block-on]": ("fleet on Redis: refused by a learned block (memoized)",
+                                           "test_warm_decision[accept-off]"),
     "test_dns_cold_query_checkid_client": ("DNS: cold query, checkid client (persistent UDP sockets, loopback server)",
                                            "test_dns_cold_query_reference_dnspython_socket_per_query"),
     "test_dns_cold_query_reference_dnspython_socket_per_query": ("reference: dnspython async resolver, a socket per "

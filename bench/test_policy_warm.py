@@ -29,7 +29,7 @@ from checkid.engine.policy import DEFAULT_PATH
 from checkid.protocols import eager
 from checkid.protocols.postfix_policy import codec
 from checkid.protocols.postfix_policy.session import PolicyOptions, PolicySession
-from checkid.runtime.logs import FORMAT, TextFormatter
+from checkid.runtime.logs import FORMAT, TextFormatter, TurnFlushFileHandler, lean_records
 from testsupport.config import base_config
 from testsupport.dnsserver import TestDnsServer
 
@@ -54,12 +54,15 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture
 def decision_log(tmp_path: Path) -> Iterator[Path]:
-    """The decision line written as the runtime writes it (text format, to a file)."""
+    """The decision line written as the runtime writes it (:func:`checkid.runtime.logs.setup_logging`:
+    text format, to a file flushed once per loop turn, records without thread or process names)."""
     path = tmp_path / "checkid.log"
-    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    handler = TurnFlushFileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(TextFormatter(FORMAT))
     logger = logging.getLogger("checkid.decision")
     saved = logger.level, logger.propagate
+    switches = logging.logThreads, logging.logMultiprocessing
+    lean_records()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -69,6 +72,7 @@ def decision_log(tmp_path: Path) -> Iterator[Path]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+        logging.logThreads, logging.logMultiprocessing = switches
         handler.close()
 
 

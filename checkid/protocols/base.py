@@ -358,7 +358,10 @@ class Server(asyncio.Protocol):
             if self.closed:
                 return
         self.dispatch()
-        self.arm_timer()  # a request begun here has a deadline earlier than the idle one
+        if unfinished or self._timer is None:
+            # a request begun here has a deadline earlier than the idle one; with nothing
+            # unfinished the next deadline is the idle one, only ever later than the one armed
+            self.arm_timer()
 
     def eof_received(self) -> bool | None:
         """The peer is done sending: close (a subclass may first answer what it asked)."""

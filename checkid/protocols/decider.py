@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -124,10 +125,46 @@ def log_decision(front: str, fields: dict[str, Any]) -> None:
     but without its caller lookup (a walk up the stack for a file name and line no format
     shows): the record is made here and handed to the logger's handlers. The caller checks
     that INFO is enabled."""
-    record = logging.getLogRecordFactory()(_NAME, logging.INFO, __file__, 0, f"{front} {render(fields)}", None, None,
-                                           "timed_decide")
+    record = _record(f"{front} {render(fields)}")
     record.__dict__["fields"] = {"frontend": front, **fields}
     log.handle(record)
+
+
+#: a decision record's attributes that are the same for every line of this process (see
+#: :func:`_record`), with the logging switches they were made under; None: to be made
+_template: tuple[dict[str, Any], bool] | None = None
+
+
+def _forget_template() -> None:
+    global _template
+    _template = None
+
+
+os.register_at_fork(after_in_child=_forget_template)  # a worker's lines carry its own pid
+
+
+def _record(message: str) -> logging.LogRecord:
+    """The decision line's record, as the record factory makes it. With the plain
+    :class:`logging.LogRecord` and no thread or process name recorded (the runtime's
+    :func:`~checkid.runtime.logs.lean_records`), a copy of the attributes every line shares
+    with only the message and the times set: ``LogRecord.__init__`` would work them all out
+    again (a ``getpid`` system call, the file name split) for each line."""
+    global _template
+    factory = logging.getLogRecordFactory()
+    if factory is not logging.LogRecord or logging.logThreads or logging.logMultiprocessing:
+        return factory(_NAME, logging.INFO, __file__, 0, message, None, None, "timed_decide")
+    if _template is None or _template[1] != logging.logProcesses:
+        made = logging.LogRecord(_NAME, logging.INFO, __file__, 0, "", None, None, "timed_decide")
+        _template = (made.__dict__, logging.logProcesses)
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attrs = record.__dict__
+    attrs.update(_template[0])
+    now = time.time()
+    attrs["msg"] = message
+    attrs["created"] = now
+    attrs["msecs"] = int((now - int(now)) * 1000) + 0.0  # LogRecord's own arithmetic
+    attrs["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+    return record
 
 
 def log_fields(decider: Decider, envelope: Envelope, decision: Decision, queue_id: str, client_port: int | None,
@@ -159,32 +196,40 @@ def log_fields(decider: Decider, envelope: Envelope, decision: Decision, queue_i
 def render(fields: dict[str, Any]) -> str:
     """The ``key=value`` words of the text line: addresses in ``<>``, the reply text quoted,
     ``-`` for an unknown value; anything that is not a plain word JSON-quoted."""
-    # one line per decision: the common case (a str) first, the plain-word test inline
-    words = []
+    # one line per decision: the common cases (None, a plain str) first, the plain-word test
+    # inline; the reply text's quoting is kept for the next line (the memo answers a repeated
+    # request with the same Decision, hence the same text object)
+    global _last_text
+    words: list[str] = []
+    append = words.append
     search = _NOT_PLAIN.search
     for key, value in fields.items():
-        if value.__class__ is str:
-            if key == "text":
-                text = _quoted(value)
-            elif key == "from" or key == "to":
-                bare = value.replace(",", "")
-                text = f"<{value}>" if _plain(bare) or not value else _quoted(value)
-            else:
-                text = value if value and value.isprintable() and search(value) is None else _quoted(value)
-        elif value is None:
-            text = "-"
+        if value is None:
+            append(key + "=-")
+        elif value.__class__ is str and key != "text" and key != "from" and key != "to":
+            append(f"{key}={value}" if value and value.isprintable() and search(value) is None
+                   else f"{key}={_quoted(value)}")
+        elif value.__class__ is float:
+            append(f"{key}={value:.2f}")
+        elif key == "text" and isinstance(value, str):
+            if value is not _last_text[0]:
+                _last_text = (value, _quoted(value))
+            append(f"{key}={_last_text[1]}")
         elif isinstance(value, float):
-            text = f"{value:.2f}"
+            append(f"{key}={value:.2f}")
         elif isinstance(value, int):
-            text = str(value)
-        elif key in ("from", "to"):
-            text = f"<{value}>" if _plain(value.replace(",", "")) or not value else _quoted(value)
+            append(f"{key}={value}")
+        elif key == "from" or key == "to":
+            append(f"{key}=<{value}>" if not value or _plain(value.replace(",", "")) else f"{key}={_quoted(value)}")
         elif key == "text":
-            text = _quoted(value)
+            append(f"{key}={_quoted(value)}")
         else:
-            text = value if _plain(value) else _quoted(value)
-        words.append(f"{key}={text}")
+            append(f"{key}={value}" if _plain(value) else f"{key}={_quoted(value)}")
     return " ".join(words)
+
+
+#: the last reply text :func:`render` quoted, and its quoting
+_last_text: tuple[str | None, str] = (None, "")
 
 
 def _plain(value: str) -> bool:

@@ -221,6 +221,7 @@ class Exporter:
                                   registry=None)
         #: made at the first :meth:`sync` that reports one: a site without ``[fleet]`` shows none
         self.fleet_up: prom.Gauge | None = None
+        self._decision_children: dict[str, prom.Histogram] = {}
         self._synced: Counter[tuple[str, ...]] = Counter()
         self._children: dict[tuple[str, ...], object] = {}
         self._frontends: set[str] = set()
@@ -267,7 +268,11 @@ class Exporter:
             self.fleet_up.set(1 if fleet_up else 0)
 
     def observe_decision(self, frontend: str, seconds: float) -> None:
-        self.decision_seconds.labels(frontend).observe(seconds)
+        # the child per front-end kept: labels() takes a lock and a dict lookup per call
+        child = self._decision_children.get(frontend)
+        if child is None:
+            child = self._decision_children[frontend] = self.decision_seconds.labels(frontend)
+        child.observe(seconds)
 
     def observe_dns(self, rdtype: str, seconds: float) -> None:
         self.dns_seconds.labels(rdtype).observe(seconds)

@@ -6,10 +6,13 @@ import dataclasses
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from checkid.config import Config, ListenConfig
 from checkid.engine.decision import Action, Decision, Envelope
 from checkid.protocols.base import ServerState
+from checkid.protocols import decider as seam
 from checkid.protocols.decider import timed_decide
 from checkid.protocols.milter import codec as milter
 from checkid.protocols.milter.events import Connect, EndOfMessage, Helo, Macro, Mail, OptNeg
@@ -121,3 +124,63 @@ def test_addresses_are_logged_as_the_decider_shows_them(caplog):
                     decider=Hashing(REJECTED))
     line = record.getMessage()
     assert " from=<h:x@ba> " in line and " to=<h:y@dc,h:z@fe> " in line
+
+
+_VALUES = st.one_of(st.none(), st.text(max_size=20), st.integers(-10**6, 10**6),
+                    st.floats(0, 10**6, allow_nan=False, allow_infinity=False))
+_KEYS = st.sampled_from(["queue_id", "ip", "helo", "from", "to", "text", "code", "reason", "latency_ms"])
+
+
+@given(st.lists(st.dictionaries(_KEYS, _VALUES, min_size=1), min_size=1, max_size=4))
+def test_every_rendered_line_reads_back_as_its_fields(lines):
+    # several lines in a row: what one line's rendering keeps (the quoted reply text) never
+    # leaks into the next; the same text object twice reads back the same
+    for fields in lines + lines:
+        text = seam.render(fields)
+        assert text.isprintable() or not text
+        back = dict(parse_fields(text))
+        assert list(back) == list(fields)
+        for key, value in fields.items():
+            if value is None:
+                assert back[key] == "-"
+            elif isinstance(value, float):
+                assert back[key] == f"{value:.2f}"
+            elif isinstance(value, int):
+                assert int(back[key]) == value
+            else:
+                assert back[key] == value
+
+
+def test_a_decision_record_is_the_one_the_record_factory_makes():
+    saved = logging.logThreads, logging.logMultiprocessing
+    logging.logThreads = logging.logMultiprocessing = False  # the runtime's lean records
+    try:
+        made = seam._record("policy action=DUNNO")
+        plain = logging.LogRecord("checkid.decision", logging.INFO, seam.__file__, 0, "policy action=DUNNO",
+                                  None, None, "timed_decide")
+        times = {"created", "msecs", "relativeCreated"}
+        assert set(made.__dict__) == set(plain.__dict__)
+        assert {k: v for k, v in made.__dict__.items() if k not in times} == \
+            {k: v for k, v in plain.__dict__.items() if k not in times}
+        assert abs(made.created - plain.created) < 60 and made.getMessage() == "policy action=DUNNO"
+        assert made.msecs == int((made.created - int(made.created)) * 1000)
+    finally:
+        logging.logThreads, logging.logMultiprocessing = saved
+
+
+def test_a_custom_record_factory_still_makes_the_decision_records(caplog):
+    made = []
+    default = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = default(*args, **kwargs)
+        made.append(record)
+        return record
+    logging.setLogRecordFactory(factory)
+    try:
+        with caplog.at_level(logging.INFO, logger="checkid.decision"):
+            run(timed_decide(Decider(REJECTED), Envelope("192.0.2.1", None, "h.example", "a@x"), "policy"))
+    finally:
+        logging.setLogRecordFactory(default)
+    assert [r.getMessage() for r in made] == [r.getMessage() for r in caplog.records]
+    assert len(made) == 1

@@ -43,6 +43,8 @@ class PolicyProtocol(Server):
         #: requests taken from the parser so far; after a shutdown, those up to ``answer_until``
         self.taken = 0
         self.answer_until = 0
+        #: the last action written and its encoding (most answers repeat the one before)
+        self._reply: tuple[str | None, bytes] = (None, b"")
 
     def in_flight(self) -> int:
         return len(self.tasks)
@@ -92,31 +94,44 @@ class PolicyProtocol(Server):
             if self.closing and self.taken >= self.answer_until:
                 continue  # begun after the shutdown: the client gets EOF, and asks again
             self.taken += 1
-            task = eager.start(self.session.answer(request))  # a warm answer is done here
+            task = eager.start(self.session.answer(request), self.loop)  # a warm answer is done here
             self.tasks.append(task)
             if task.done():
-                self._flush(task)
+                self._write_answered()
             else:
                 task.add_done_callback(self._flush)
         self.flow.update()
         self._close_when_answered()
 
     def _flush(self, _task: asyncio.Future[str]) -> None:
+        if self._write_answered():
+            self.flow.update()
+            self._close_when_answered()
+
+    def _write_answered(self) -> bool:
+        """Write the answers done, in request order; False when that ended the connection."""
         while self.tasks and self.tasks[0].done() and not self.closed:
             task = self.tasks.popleft()
             if task.cancelled():
-                return
+                return False
             error = task.exception()
             if isinstance(error, ProtocolError):
-                return self.refuse(error)
+                self.refuse(error)
+                return False
             if error is not None:
                 self.internal_error(error, "internal error, closing without reply")
-                return self.close(abort=True)
-            self.transport.write(encode_reply(task.result()))
+                self.close(abort=True)
+                return False
+            action = task.result()
+            last, reply = self._reply
+            if action != last:
+                reply = encode_reply(action)
+                self._reply = (action, reply)
+            self.transport.write(reply)
             if self.oneshot:
-                return self.finish()
-        self.flow.update()
-        self._close_when_answered()
+                self.finish()
+                return False
+        return True
 
     def _close_when_answered(self) -> None:
         if self.tasks or self.closed:

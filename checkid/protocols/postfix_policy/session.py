@@ -53,7 +53,8 @@ def client_port(request: Request) -> int | None:
 
 
 class PolicySession:
-    """Answers the requests of one connection, in the order given to :meth:`answer`."""
+    """Answers the requests of one connection, in the order given to :meth:`answer`, on the
+    event loop of its first answer (a connection's: its loop is kept, not looked up again)."""
 
     def __init__(self, decider: Decider, options: PolicyOptions, front: str = "policy") -> None:
         self.decider = decider
@@ -64,6 +65,10 @@ class PolicySession:
         self._decisions: dict[str, asyncio.Future[Decision]] = {}
         #: the instance whose header has been prepended
         self._prepended: str | None = None
+        #: the last decision rendered and its action: a decision is immutable, and the memo
+        #: answers a repeated request with the very same one
+        self._rendered: tuple[Decision | None, str] = (None, "")
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def answer(self, request: Request) -> str:
         """The action for one request. :raises ProtocolError: when it is not a policy request"""
@@ -77,11 +82,17 @@ class PolicySession:
         rclass = self.decider.recipient_class(request.get("recipient", ""))
         pending = self._decisions.get(rclass) if instance else None
         if pending is None:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             pending = eager.start(timed_decide(self.decider, envelope(request), self.front,
-                                               request.get("queue_id", ""), client_port=client_port(request)))
+                                               request.get("queue_id", ""), client_port=client_port(request)), loop)
             self._decisions[rclass] = pending
         decision = await pending
-        action = render(decision, self.options.replies)
+        last, action = self._rendered
+        if decision is not last:
+            action = render(decision, self.options.replies)
+            self._rendered = (decision, action)
         if action.startswith("PREPEND ") and instance:
             if self._prepended == instance:
                 return "DUNNO"

@@ -94,3 +94,11 @@ def test_the_sasl_login_and_the_client_port_reach_the_decision(caplog):
     assert [e.authenticated for e in decider.envelopes] == ["alice", None]
     fields = [r.fields for r in caplog.records if r.name == "checkid.decision"]
     assert [(f["client_port"], f["queue_id"]) for f in fields] == [(40123, "4QX1"), (None, None)]
+
+
+def test_each_message_gets_the_action_of_its_own_decision_when_the_same_one_repeats():
+    # the same Decision object again (as the decision memo answers a repeated request), then
+    # another, then the first once more: the action follows the decision every time
+    decider = Decider(ACCEPT, ACCEPT, REJECT, ACCEPT)
+    out = answers(decider, req(instance="i1"), req(instance="i2"), req(instance="i3"), req(instance="i4"))
+    assert out == ["PREPEND Authent: x", "PREPEND Authent: x", "550 5.7.1 No", "PREPEND Authent: x"]
