@@ -89,6 +89,33 @@ backend checkid_policy
 """
 
 
+def _until(condition: Any, what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {seconds:g} s for {what}")
+        time.sleep(0.05)
+
+
+def _healthz(port: int) -> int:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def _answers(port: int) -> bool:
+    try:
+        return ask(port).startswith("PREPEND")
+    except OSError:
+        return False
+
+
 def hop(server: TestDnsServer, workdir: Path, seconds: float, connections: int, rounds: int, workers: int,
         max_requests: int) -> dict[str, Any]:
     """Decisions direct and through HAProxy, alternating: {"direct": [Result], "haproxy": [Result]}."""
@@ -96,8 +123,12 @@ def hop(server: TestDnsServer, workdir: Path, seconds: float, connections: int, 
     with daemon(server, workdir, workers) as checkid:
         port: int = checkid.port  # type: ignore[attr-defined]
         assert ask(port).startswith("PREPEND")  # warm
+        # /healthz says "workers gone" until the master has seen its workers serving: a first
+        # check then would take the host out of HAProxy's pool for `rise` checks
+        _until(lambda: _healthz(checkid.metrics_port) == 200, "/healthz answering 200")
         front = free_port()
         with HAProxy(haproxy_config(port, checkid.metrics_port, front), [front]):
+            _until(lambda: _answers(front), "a decision through HAProxy")
             trace = load.write_trace("policy", [Request("pass", "192.0.2.1", "example.com", "a@example.com",
                                                         "u@example.org")] * 50, workdir / "trace.bin")
             load.run("policy", front, trace, connections, 1.0, 0.0, max_requests)  # settle both paths

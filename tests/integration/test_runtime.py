@@ -108,7 +108,7 @@ class Load(threading.Thread):
         self.stop()
 
 
-def daemon(dns_server, workdir, workers=2, extra=""):
+def daemon(dns_server, workdir, workers=2, extra="", accept_wait=0.1):
     port = free_port()
     toml = f"""
 [[listen]]
@@ -119,6 +119,7 @@ workers = {workers}
 state_dir = "{workdir / 'state'}"
 heartbeat_timeout = 2.0
 grace = 5.0
+accept_wait = {accept_wait}
 [dns]
 nameservers = ["{dns_server.address}"]
 timeout = 1.0
@@ -153,14 +154,24 @@ def workdir():
     return world_readable_tmpdir("checkid-runtime-")
 
 
+def ask_both(port: int) -> list[str]:
+    """Two requests on two connections open at once: the accept gate gives the second to the
+    worker without the first (a connection at a time, whichever idle worker wins the race)."""
+    replies: list[str] = []
+    replies.append(ask(port, on_sent=lambda: replies.append(ask(port))))
+    return replies
+
+
 def test_two_workers_serve_and_share_one_cache(dns_server, dns, workdir):
-    with daemon(dns_server, workdir) as checkid:
+    # a long accept_wait: the gate's rule decides which worker takes a connection, never how
+    # quickly a busy machine schedules the other
+    with daemon(dns_server, workdir, accept_wait=30.0) as checkid:
         wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
         # ps and top tell the processes apart
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in worker_pids(checkid)}
         assert names == {"checkid-w0", "checkid-w1"}
         assert Path(f"/proc/{checkid.proc.pid}/comm").read_text().strip() == "checkid-master"
-        replies = [ask(checkid.port) for _ in range(40)]
+        replies = [r for _ in range(20) for r in ask_both(checkid.port)]
         assert set(replies) == {"PREPEND Authent: 192.0.2.1 example.com SPF1 PASS ratings=S1:A,M2:A,H1:B"}
         log = checkid.log.read_text()
         deciders = set(re.findall(r"checkid\[(\d+)\]: INFO checkid.decision", log))
@@ -170,10 +181,10 @@ def test_two_workers_serve_and_share_one_cache(dns_server, dns, workdir):
 
 
 def test_without_the_shared_layer_each_worker_asks_upstream(dns_server, dns, workdir):
-    with daemon(dns_server, workdir, extra="[cache]\nshared = false\n") as checkid:
+    with daemon(dns_server, workdir, extra="[cache]\nshared = false\n", accept_wait=30.0) as checkid:
         wait_until(lambda: len(worker_pids(checkid)) == 2, "two workers", WAIT_SECONDS)
-        for _ in range(40):
-            ask(checkid.port)
+        for _ in range(20):
+            ask_both(checkid.port)
         assert dns.count("example.com.registry.test") == 2
 
 
