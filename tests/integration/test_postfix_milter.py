@@ -7,7 +7,7 @@ import smtplib
 import pytest
 
 from testsupport.mta import Postfix
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 
 @pytest.fixture(scope="module")
@@ -97,4 +97,6 @@ def test_two_messages_rset_and_a_second_ehlo_on_one_connection(postfix, dns):
     assert code == 550
     for queue_id in (first, second):
         assert headers(mta.postcat(queue_id))[0].startswith("Authent: 127.0.0.1 loopback.example QR1 PASS")
+    # a log file is written at the end of the worker's loop turn, maybe just after the reply
+    wait_until(lambda: checkid.log.read_text().count("checkid.decision") - before >= 4, "the decision lines")
     assert checkid.log.read_text().count("checkid.decision") - before == 4

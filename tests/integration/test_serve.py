@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from checkid.protocols.msgpack_rpc.client import Client
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
 
 
 def query(*args):
@@ -35,7 +35,9 @@ def test_query_through_a_unix_socket_equals_in_process(dns_server):
         lines = traced.stdout.splitlines()
         assert any(line.split()[:1] == ["registry"] for line in lines)
         assert any(line.startswith("ACCEPT 250") for line in lines)
-        log = checkid.log.read_text()
+        # a log file is written at the end of the worker's loop turn, maybe just after the reply
+        log = wait_until(lambda: (text := checkid.log.read_text()) and "action=REJECT code=550" in text and text,
+                         "the decision lines")
     assert "msgpack-rpc queue_id=- ip=192.0.2.1 id=example.net" in log and "action=REJECT code=550" in log
 
 
