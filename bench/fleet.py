@@ -129,8 +129,10 @@ def hop(server: TestDnsServer, workdir: Path, seconds: float, connections: int, 
         front = free_port()
         with HAProxy(haproxy_config(port, checkid.metrics_port, front), [front]):
             _until(lambda: _answers(front), "a decision through HAProxy")
+            # each request its own message: the same message's requests share one decision
             trace = load.write_trace("policy", [Request("pass", "192.0.2.1", "example.com", "a@example.com",
-                                                        "u@example.org")] * 50, workdir / "trace.bin")
+                                                        "u@example.org", message=i) for i in range(50)],
+                                     workdir / "trace.bin")
             load.run("policy", front, trace, connections, 1.0, 0.0, max_requests)  # settle both paths
             for _ in range(rounds):
                 out["direct"].append(load.run("policy", port, trace, connections, seconds, 0.0, max_requests))

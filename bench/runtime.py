@@ -65,9 +65,11 @@ zone = "benchreg.test"
 
 
 def trace(ids: int, path: Path) -> Path:
-    """One request per ID, in order; the client's connections each start at a different ID."""
+    """One request per ID, in order, each its own message (a policy request of the same
+    message is answered from that message's decision); the client's connections each start
+    at a different ID."""
     return load.write_trace("policy", (Request("pass", "192.0.2.1", f"id{i}.bench.test", f"bounce-{i}@id{i}.bench.test",
-                                               "user@example.org") for i in range(ids)), path)
+                                               "user@example.org", message=i) for i in range(ids)), path)
 
 
 def measure(seconds: float, connections: int, ids: int, max_requests: int = 0) -> dict[str, Any]:

@@ -88,8 +88,10 @@ def measure(seconds: float, rate: float, connections: int, clients: int, max_scr
     try:
         with TestDnsServer(ZONES) as server, daemon(server, workdir) as checkid:
             assert ask(checkid.port).startswith("PREPEND")  # warm
+            # each request its own message: the same message's requests share one decision
             trace = load.write_trace("policy", [Request("pass", "192.0.2.1", "example.com", "a@example.com",
-                                                        "u@example.org")] * 50, workdir / "trace.bin")
+                                                        "u@example.org", message=i) for i in range(50)],
+                                     workdir / "trace.bin")
             max_requests = int(rate * seconds) + 1
             load.run("policy", checkid.port, trace, connections, 2.0, rate, int(rate * 2))  # settle
             result["alone"] = load.run("policy", checkid.port, trace, connections, seconds, rate, max_requests)
