@@ -40,7 +40,7 @@ from bench.workload import Request
 from testsupport.dnsserver import TestDnsServer
 from testsupport.mta import HAProxy, terminate
 from testsupport.policy import ask
-from testsupport.processes import Checkid, free_port, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, get_healthz, wait_until, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONES = ROOT / "testsupport" / "zones"
@@ -89,26 +89,6 @@ backend checkid_policy
 """
 
 
-def _until(condition: Any, what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"waited {seconds:g} s for {what}")
-        time.sleep(0.05)
-
-
-def _healthz(port: int) -> int:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return 0
-
-
 def _answers(port: int) -> bool:
     try:
         return ask(port).startswith("PREPEND")
@@ -125,10 +105,10 @@ def hop(server: TestDnsServer, workdir: Path, seconds: float, connections: int, 
         assert ask(port).startswith("PREPEND")  # warm
         # /healthz says "workers gone" until the master has seen its workers serving: a first
         # check then would take the host out of HAProxy's pool for `rise` checks
-        _until(lambda: _healthz(checkid.metrics_port) == 200, "/healthz answering 200")
+        wait_until(lambda: get_healthz(checkid.metrics_port)[0] == 200, "/healthz answering 200", 30.0)
         front = free_port()
         with HAProxy(haproxy_config(port, checkid.metrics_port, front), [front]):
-            _until(lambda: _answers(front), "a decision through HAProxy")
+            wait_until(lambda: _answers(front), "a decision through HAProxy", 30.0)
             # each request its own message: the same message's requests share one decision
             trace = load.write_trace("policy", [Request("pass", "192.0.2.1", "example.com", "a@example.com",
                                                         "u@example.org", message=i) for i in range(50)],

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -119,3 +121,15 @@ class Checkid:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def get_healthz(port: int) -> tuple[int, bytes]:
+    """``GET /healthz`` of a daemon's metrics port on loopback: (status, body); (0, b"") when
+    nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""

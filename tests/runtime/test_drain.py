@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -33,7 +31,7 @@ from checkid.runtime.metricsserver import Connections, Health, health_check
 from checkid.protocols.postfix_policy import codec as pol
 from checkid.runtime.supervisor import PASS_SECONDS, Master, WorkerProc
 from testsupport.policy import ask
-from testsupport.processes import Checkid, free_port, wait_until, world_readable_tmpdir
+from testsupport.processes import Checkid, free_port, get_healthz, wait_until, world_readable_tmpdir
 from tests.conftest import run
 
 SECONDS = 30.0
@@ -276,16 +274,6 @@ def test_leave_pool_passes_when_a_respawn_is_due(tmp_path: Path) -> None:
 def test_a_negative_leave_pool_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"server\.leave_pool"):
         config_mod.from_dict({"server": {"leave_pool": -1}})
-
-
-def get_healthz(port: int) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 def test_serve_leaves_the_pool_then_stops_on_a_second_sigterm(dns_server) -> None:
